@@ -1,0 +1,382 @@
+"""MusicTokenizer: a transformers tokenizer over a miditok tokenization (REMI+ by default).
+
+MIDI (or ABC) goes in as a path, raw bytes or a `symusic.Score`; token ids come out in a `BatchEncoding`
+exactly as for text. miditok does the musical work; this class adds the transformers contract
+(`save_pretrained`, `AutoTokenizer`, padding, truncation) and the per-id attribute tables the model reads.
+
+This module is copied next to saved tokenizers for `trust_remote_code` users: it must not import
+`music_hf` by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import miditok
+import symusic
+from transformers import PreTrainedTokenizer
+
+MIDITOK_FILE = "miditok_config.json"
+MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".smf")
+ABC_SUFFIXES = (".abc",)
+DEFAULT_MAX_FILE_BYTES = 32 * 1024 * 1024
+DRUM_PROGRAM = 128  # miditok writes drums as Program_-1; the attribute tables use 128
+# Token kinds the attribute tables know; the model embeds nothing from these names, only from the tables.
+TOKEN_KINDS = (
+    "special", "Bar", "Position", "Pitch", "PitchDrum", "Velocity", "Duration",
+    "Program", "Tempo", "TimeSig", "Rest", "other",
+)
+SPECIAL_TOKENS = {"pad_token": "PAD_None", "bos_token": "BOS_None", "eos_token": "EOS_None", "mask_token": "MASK_None"}
+BPE_JOINER = "|"  # a learned (BPE) token's string is its base tokens joined by this
+
+
+class MusicFileError(ValueError):
+    """A music input that cannot be tokenized; the message names the file and the problem."""
+
+    def __init__(self, source: str, problem: str):
+        self.source = source
+        self.problem = problem
+        super().__init__(f"{source}: {problem}")
+
+
+class EmptyMusicError(MusicFileError):
+    """A readable music input that holds no notes (nothing to tokenize)."""
+
+
+def default_miditok_config(**overrides: Any) -> miditok.TokenizerConfig:
+    """REMI+ settings: programs in one stream, tempos and a wide set of time signatures."""
+    params: dict[str, Any] = dict(
+        use_programs=True,
+        one_token_stream_for_programs=True,
+        use_time_signatures=True,
+        use_tempos=True,
+        use_velocities=True,
+        num_velocities=16,
+        num_tempos=32,
+        tempo_range=(40, 250),
+        beat_res={(0, 4): 8, (4, 12): 4},
+        time_signature_range={8: [3, 5, 6, 7, 9, 12], 4: [1, 2, 3, 4, 5, 6, 7], 2: [1, 2, 3, 4]},
+        special_tokens=["PAD", "BOS", "EOS", "MASK"],
+    )
+    params.update(overrides)
+    return miditok.TokenizerConfig(**params)
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Silence C-level stdout (symusic prints ABC warnings there) for the duration of the block."""
+    try:
+        fd = os.dup(1)
+    except OSError:  # no usable stdout: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        os.dup2(fd, 1)
+        os.close(fd)
+
+
+def split_abc_tunes(text: str) -> list[str]:
+    """Split a multi-tune ABC text at its `X:` lines; the file header (before the first X:) goes with each tune."""
+    parts = re.split(r"(?m)^(?=X:)", text)
+    header = parts[0] if parts and not parts[0].startswith("X:") else ""
+    tunes = [p for p in parts if p.startswith("X:")]
+    return [header + t for t in tunes] if tunes else ([text] if text.strip() else [])
+
+
+def _score_from_abc(text: str, source: str) -> symusic.Score:
+    tunes = split_abc_tunes(text)
+    if not tunes:
+        raise MusicFileError(source, "empty ABC text")
+    try:
+        with _quiet_stdout():
+            return symusic.Score.from_abc(tunes[0])
+    except RuntimeError as e:
+        raise MusicFileError(source, f"not valid ABC ({e})") from e
+
+
+def _score_from_midi_bytes(data: bytes, source: str) -> symusic.Score:
+    if len(data) == 0:
+        raise MusicFileError(source, "empty file")
+    if not (data[:4] == b"MThd" or data[:4] == b"RIFF"):
+        raise MusicFileError(source, "not a MIDI file (no MThd header)")
+    try:
+        return symusic.Score.from_midi(data)
+    except RuntimeError as e:
+        raise MusicFileError(source, f"corrupt or truncated MIDI ({e})") from e
+
+
+def is_music_input(x: Any) -> bool:
+    """True for what `load_score` can read: a Score, bytes, a path to a MIDI/ABC file, or ABC text."""
+    if isinstance(x, (symusic.Score, bytes, bytearray, memoryview, os.PathLike)):
+        return True
+    if isinstance(x, str):
+        if x.lower().endswith(MIDI_SUFFIXES + ABC_SUFFIXES) or x.lstrip().startswith("X:"):
+            return True
+        return "\n" not in x and len(x) < 4096 and os.path.isfile(x)
+    return False
+
+
+def load_score(x: Any, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> symusic.Score:
+    """Read a path, MIDI bytes, ABC text or Score into a `symusic.Score`; bad input raises `MusicFileError`.
+
+    For a multi-tune ABC file the first tune is read (the corpus reader splits tunes into pieces).
+    """
+    if isinstance(x, symusic.Score):
+        return x
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        data = bytes(x)
+        if len(data) > max_file_bytes:
+            raise MusicFileError("<bytes>", f"too large ({len(data)} bytes > {max_file_bytes})")
+        if data[:4] not in (b"MThd", b"RIFF") and data.lstrip()[:2] == b"X:":
+            return _score_from_abc(data.decode("utf-8", errors="replace"), "<bytes>")
+        return _score_from_midi_bytes(data, "<bytes>")
+    if isinstance(x, str) and x.lstrip().startswith("X:") and "\n" in x:
+        return _score_from_abc(x, "<abc text>")
+    if isinstance(x, (str, os.PathLike)):
+        path = Path(x)
+        source = str(path)
+        if not path.is_file():
+            raise MusicFileError(source, "no such file")
+        size = path.stat().st_size
+        if size > max_file_bytes:
+            raise MusicFileError(source, f"too large ({size} bytes > {max_file_bytes})")
+        if path.suffix.lower() in ABC_SUFFIXES:
+            return _score_from_abc(path.read_text(encoding="utf-8", errors="replace"), source)
+        return _score_from_midi_bytes(path.read_bytes(), source)
+    raise TypeError(f"cannot read music from {type(x).__name__}; pass a path, MIDI bytes, ABC text or symusic.Score")
+
+
+def _source_name(x: Any) -> str:
+    if isinstance(x, (str, os.PathLike)) and not (isinstance(x, str) and "\n" in x):
+        return str(x)
+    return "<bytes>" if isinstance(x, (bytes, bytearray, memoryview)) else f"<{type(x).__name__}>"
+
+
+class MusicTokenizer(PreTrainedTokenizer):
+    """A transformers tokenizer whose "text" is music: MIDI/ABC paths, bytes or `symusic.Score`.
+
+    `tokenizer(x)` returns `input_ids` and `attention_mask`; lists batch, pad and truncate as usual.
+    Strings of token names ("Bar_None Position_0 Pitch_60 ...") also encode, and `decode` gives them back.
+    `decode_midi(ids)` turns ids into a `symusic.Score`. The miditok tokenizer is `tokenizer.miditok`.
+    """
+
+    vocab_files_names = {"miditok_file": MIDITOK_FILE}
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(
+        self,
+        miditok_file: str | None = None,
+        tokenization: str = "REMI",
+        miditok_config: dict[str, Any] | None = None,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        special_tokens_pattern: str = "bos_eos",
+        **kwargs: Any,
+    ):
+        if not hasattr(miditok, tokenization):
+            raise ValueError(f"unknown miditok tokenization {tokenization!r}")
+        tok_class = getattr(miditok, tokenization)
+        if miditok_file is not None:
+            self.miditok = tok_class(params=Path(miditok_file))
+        else:
+            self.miditok = tok_class(default_miditok_config(**(miditok_config or {})))
+        if not self.miditok.one_token_stream:
+            raise ValueError(f"{tokenization} with this config makes one stream per track; MusicTokenizer needs one")
+        self.tokenization = tokenization
+        self.max_file_bytes = max_file_bytes
+        self._build_vocab()  # PythonBackend.__init__ calls get_vocab(): the vocabulary must exist first
+        for name, token in SPECIAL_TOKENS.items():
+            kwargs.setdefault(name, token)
+        super().__init__(
+            tokenization=tokenization,
+            max_file_bytes=max_file_bytes,
+            special_tokens_pattern=special_tokens_pattern,
+            **kwargs,
+        )
+
+    # ----- vocabulary -----------------------------------------------------------------------------
+    def _build_vocab(self) -> None:
+        """Token strings per id; with BPE a learned id's string is its base tokens joined by `|`."""
+        mt = self.miditok
+        if mt.is_trained:
+            id_to_bytes = {i: b for b, i in mt.vocab_model.items()}
+            self._id_to_base = [list(mt._vocab_learned_bytes_to_tokens[id_to_bytes[i]]) for i in range(len(mt))]
+        else:
+            inv = {i: t for t, i in mt.vocab.items()}
+            self._id_to_base = [[inv[i]] for i in range(len(inv))]
+        self._id_to_token = [BPE_JOINER.join(base) for base in self._id_to_base]
+        self._token_to_id = {t: i for i, t in enumerate(self._id_to_token)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._id_to_token)
+
+    def get_vocab(self) -> dict[str, int]:
+        vocab = dict(self._token_to_id)
+        vocab.update(getattr(self, "_added_tokens_encoder", {}))
+        return vocab
+
+    def _tokenize(self, text: str, **kwargs: Any) -> list[str]:
+        return text.split()
+
+    def _convert_token_to_id(self, token: str) -> int:
+        if token not in self._token_to_id:
+            raise ValueError(f"unknown token {token!r} (not in this {self.tokenization} vocabulary)")
+        return self._token_to_id[token]
+
+    def _convert_id_to_token(self, index: int) -> str:
+        return self._id_to_token[index]
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        return " ".join(tokens)
+
+    def base_tokens(self, token_id: int) -> list[str]:
+        """The miditok base tokens an id stands for (one without BPE, one or more with it)."""
+        return list(self._id_to_base[token_id])
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
+        name = (filename_prefix + "-" if filename_prefix else "") + MIDITOK_FILE
+        path = Path(save_directory) / name
+        self.miditok.save(path)
+        return (str(path),)
+
+    # ----- encoding ------------------------------------------------------------------------------
+    def encode_score(self, x: Any) -> list[int]:
+        """Token ids of one piece (no special tokens). Raises `MusicFileError` / `EmptyMusicError`."""
+        source = _source_name(x)
+        score = load_score(x, self.max_file_bytes)
+        if score.note_num() == 0:
+            raise EmptyMusicError(source, "no notes")
+        try:
+            seq = self.miditok.encode(score)
+        except (RuntimeError, ValueError, IndexError, KeyError) as e:
+            raise MusicFileError(source, f"miditok could not tokenize it ({type(e).__name__}: {e})") from e
+        ids = list(seq.ids)
+        if not any(self._note_counts[i] for i in ids):
+            raise EmptyMusicError(source, "no notes left after preprocessing (all outside the tokenizer's range)")
+        return ids
+
+    def _to_ids(self, x: Any) -> Any:
+        if x is None or not is_music_input(x):
+            return x
+        return self.encode_score(x)
+
+    def _encode_plus(self, text: Any, text_pair: Any = None, **kwargs: Any):
+        if isinstance(text, (list, tuple)) and text and is_music_input(text[0]):
+            text = [self._to_ids(t) for t in text]
+            if isinstance(text_pair, (list, tuple)):
+                text_pair = [self._to_ids(t) for t in text_pair]
+        else:
+            text, text_pair = self._to_ids(text), self._to_ids(text_pair)
+        return super()._encode_plus(text, text_pair, **kwargs)
+
+    # ----- decoding ------------------------------------------------------------------------------
+    def decode_midi(self, ids: Iterable[int] | Any, output_path: str | os.PathLike | None = None) -> symusic.Score:
+        """Turn ids into a `symusic.Score` (written to `output_path` if given).
+
+        Special ids, ids outside the vocabulary and ill-placed tokens are dropped; the valid rest decodes.
+        """
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        ids = [int(i) for i in ids]
+        if ids and isinstance(ids[0], list):
+            raise ValueError("decode_midi takes one sequence; call it per row for a batch")
+        special = set(self.all_special_ids)
+        clean = [i for i in ids if 0 <= i < self.vocab_size and i not in special]
+        score = self.miditok.decode(clean) if clean else symusic.Score(self.miditok.time_division)
+        if output_path is not None:
+            score.dump_midi(str(output_path))
+        return score
+
+    def grammar_errors(self, ids: Sequence[int]) -> float:
+        """Share of tokens miditok's grammar check rejects (0.0 = every token well placed)."""
+        special = set(self.all_special_ids)
+        clean = [int(i) for i in ids if int(i) not in special]
+        if not clean:
+            return 0.0
+        seq = miditok.TokSequence(ids=clean, are_ids_encoded=self.miditok.is_trained)
+        self.miditok.decode_token_ids(seq)
+        self.miditok.complete_sequence(seq)
+        return float(self.miditok.tokens_errors(seq))
+
+    # ----- BPE -----------------------------------------------------------------------------------
+    def train_bpe(self, vocab_size: int, files: Sequence[str | os.PathLike], model: str = "BPE") -> None:
+        """Learn BPE (or Unigram) merges over MIDI files with miditok; the vocabulary grows to `vocab_size`."""
+        paths = [Path(f) for f in files]
+        self.miditok.train(vocab_size=vocab_size, model=model, files_paths=paths)
+        self._build_vocab()
+        self._music_attributes = None
+        self._update_total_vocab_size()
+
+    # ----- per-id music attributes ---------------------------------------------------------------
+    @property
+    def _note_counts(self) -> list[int]:
+        return self.music_attributes()["note_count"]
+
+    def music_attributes(self) -> dict[str, list[int]]:
+        """Per-id tables the model reads (computed once from the vocabulary, BPE ids from their base tokens).
+
+        - `kind`: index into TOKEN_KINDS of the id's first base token;
+        - `pitch`: MIDI pitch of the last Pitch in the id, -1 if none;
+        - `program_set`: program in force after the id if it sets one (drums = 128), else -1;
+        - `position_set`: position in the bar after the id if it sets one (a Bar sets 0), else -1;
+        - `bar_count`: number of Bar tokens in the id; `note_count`: number of notes (Pitch/PitchDrum) in it.
+        """
+        cached = getattr(self, "_music_attributes", None)
+        if cached is not None:
+            return cached
+        tables: dict[str, list[int]] = {k: [] for k in
+                                        ("kind", "pitch", "program_set", "position_set", "bar_count", "note_count")}
+        for base in self._id_to_base:
+            kind = base[0].split("_")[0]
+            tables["kind"].append(TOKEN_KINDS.index(kind) if kind in TOKEN_KINDS else
+                                        (0 if kind in ("PAD", "BOS", "EOS", "MASK") else TOKEN_KINDS.index("other")))
+            pitch = program = position = -1
+            bars = notes = 0
+            for tok in base:
+                kind, _, value = tok.partition("_")
+                if kind == "Pitch":
+                    pitch, notes = int(value), notes + 1
+                elif kind == "PitchDrum":
+                    notes += 1
+                elif kind == "Program":
+                    program = DRUM_PROGRAM if int(value) == -1 else int(value)
+                elif kind == "Position":
+                    position = int(value)
+                elif kind == "Bar":
+                    position, bars = 0, bars + 1
+            for key, val in (("pitch", pitch), ("program_set", program), ("position_set", position),
+                             ("bar_count", bars), ("note_count", notes)):
+                tables[key].append(val)
+        self._music_attributes = tables
+        return tables
+
+    @property
+    def max_position_in_bar(self) -> int:
+        return max(self.music_attributes()["position_set"]) + 1
+
+    def __repr__(self) -> str:
+        bpe = f", bpe={self.miditok.is_trained}"
+        return f"{type(self).__name__}(tokenization={self.tokenization}, vocab_size={self.vocab_size}{bpe})"
+
+    def to_json_summary(self) -> str:
+        """One-line JSON description (for model cards and logs)."""
+        cfg = self.miditok.config
+        return json.dumps({
+            "tokenization": self.tokenization, "vocab_size": self.vocab_size, "bpe": self.miditok.is_trained,
+            "beat_res": {f"{a}-{b}": r for (a, b), r in cfg.beat_res.items()},
+            "num_velocities": cfg.num_velocities, "use_programs": cfg.use_programs,
+            "use_tempos": cfg.use_tempos, "use_time_signatures": cfg.use_time_signatures,
+        })
+
+
+__all__ = ["MusicTokenizer", "MusicFileError", "EmptyMusicError", "load_score", "split_abc_tunes", "TOKEN_KINDS"]
