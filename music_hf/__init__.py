@@ -3,16 +3,25 @@
 Importing the package registers MusicConfig, MusicTokenizer and the models with the Auto classes.
 """
 
-from transformers import AutoConfig, AutoTokenizer
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                          AutoTokenizer)
 
 from .configuration_music import MusicConfig
+from .modeling_music import MusicForCausalLM, MusicForSequenceClassification, MusicModel, MusicPreTrainedModel
 from .tokenization_music import EmptyMusicError, MusicFileError, MusicTokenizer, load_score
 
 AutoConfig.register(MusicConfig.model_type, MusicConfig, exist_ok=True)
 AutoTokenizer.register(MusicConfig, slow_tokenizer_class=None, fast_tokenizer_class=None,
                        tokenizer_class=MusicTokenizer, exist_ok=True)
+AutoModel.register(MusicConfig, MusicModel, exist_ok=True)
+AutoModelForCausalLM.register(MusicConfig, MusicForCausalLM, exist_ok=True)
+AutoModelForSequenceClassification.register(MusicConfig, MusicForSequenceClassification, exist_ok=True)
 MusicConfig.register_for_auto_class()
+MusicModel.register_for_auto_class("AutoModel")
+MusicForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+MusicForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 MusicTokenizer.register_for_auto_class("AutoTokenizer")
 
 __version__ = "0.1.0"
-__all__ = ["MusicConfig", "MusicTokenizer", "MusicFileError", "EmptyMusicError", "load_score"]
+__all__ = ["MusicConfig", "MusicTokenizer", "MusicModel", "MusicPreTrainedModel", "MusicForCausalLM",
+           "MusicForSequenceClassification", "MusicFileError", "EmptyMusicError", "load_score"]
