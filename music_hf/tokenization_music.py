@@ -360,6 +360,52 @@ class MusicTokenizer(PreTrainedTokenizer):
         self._music_attributes = tables
         return tables
 
+    def grammar_tables(self) -> dict[str, Any]:
+        """What a grammar-constrained decoder needs, per id (computed here so nothing else parses token strings).
+
+        - `first_kind` / `last_kind`: TOKEN_KINDS index of the id's first / last base token;
+        - `first_position`: value of the id's first base token if it is a Position, else -1;
+        - `grammar_position`: the bar position the id leaves, as the lowest Position allowed next
+          (a Bar gives 0, Position_k gives k + 1), or -1 if it sets none;
+        - `bar_positions`: positions per bar set by a TimeSig id (numerator x positions per beat), else -1;
+        - `program`: program of a Program id (drums 128), else -1;
+        - `next_kinds`: for each kind, the kinds miditok's grammar allows next (specials excluded);
+        - `default_bar_positions`: positions per bar in 4/4, before any TimeSig.
+        """
+        per_beat = int(self.miditok.config.max_num_pos_per_beat)
+        kind_index = {k: i for i, k in enumerate(TOKEN_KINDS)}
+
+        def kind_of(tok: str) -> int:
+            name = tok.split("_")[0]
+            return kind_index.get(name, 0 if name in ("PAD", "BOS", "EOS", "MASK") else kind_index["other"])
+
+        tables: dict[str, Any] = {"first_kind": [], "last_kind": [], "first_position": [], "bar_positions": [],
+                                  "program": [], "grammar_position": []}
+        for base in self._id_to_base:
+            first, _, value = base[0].partition("_")
+            tables["first_kind"].append(kind_of(base[0]))
+            tables["last_kind"].append(kind_of(base[-1]))
+            tables["first_position"].append(int(value) if first == "Position" else -1)
+            tables["program"].append((DRUM_PROGRAM if int(value) == -1 else int(value)) if first == "Program" else -1)
+            bar_positions = grammar_position = -1
+            for tok in base:
+                name, _, val = tok.partition("_")
+                if name == "TimeSig":
+                    bar_positions = int(val.split("/")[0]) * per_beat
+                elif name == "Bar":
+                    grammar_position = 0
+                elif name == "Position":
+                    grammar_position = int(val) + 1
+            tables["bar_positions"].append(bar_positions)
+            tables["grammar_position"].append(grammar_position)
+        graph = self.miditok.tokens_types_graph
+        tables["next_kinds"] = {
+            kind_index[k]: sorted(kind_index[n] for n in nexts if n in kind_index and n != "special")
+            for k, nexts in graph.items() if k in kind_index
+        }
+        tables["default_bar_positions"] = 4 * per_beat
+        return tables
+
     @property
     def max_position_in_bar(self) -> int:
         return max(self.music_attributes()["position_set"]) + 1
