@@ -406,6 +406,27 @@ class MusicTokenizer(PreTrainedTokenizer):
         tables["default_bar_positions"] = 4 * per_beat
         return tables
 
+    def value_tables(self) -> dict[str, list[int]]:
+        """For each kind with ordered values (Pitch, Velocity, Duration, Tempo, Position), its ids sorted by
+        value: moving k steps in such a list transposes, changes loudness, tempo or timing by k bins.
+        Token-level augmentation uses it; with BPE, learned ids have no single value, so it is refused."""
+        if self.miditok.is_trained:
+            raise ValueError("value_tables (token-level augmentation) needs a tokenizer without BPE")
+
+        def number(kind: str, value: str) -> float:
+            if kind == "Duration":  # beats.ticks.resolution
+                beats, ticks, res = (int(v) for v in value.split("."))
+                return beats + ticks / res
+            return float(value)
+
+        tables: dict[str, list[tuple[float, int]]] = {k: [] for k in ("Pitch", "Velocity", "Duration", "Tempo",
+                                                                       "Position")}
+        for i, base in enumerate(self._id_to_base):
+            kind, _, value = base[0].partition("_")
+            if kind in tables:
+                tables[kind].append((number(kind, value), i))
+        return {k: [i for _, i in sorted(v)] for k, v in tables.items()}
+
     @property
     def max_position_in_bar(self) -> int:
         return max(self.music_attributes()["position_set"]) + 1

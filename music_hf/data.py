@@ -1,0 +1,361 @@
+"""Data for training: tokenized `datasets` splits by piece, bar-aligned windows, on-the-fly augmentation, collator.
+
+Pieces come from the embedded corpus (`music_hf.corpus`), any folder of MIDI files, or a HF dataset with a
+MIDI-bytes column. Tokenization runs through `datasets.map(batched=True, num_proc=N)`; files that fail are
+skipped and counted, never fatal. Splits are decided per piece by a seeded hash of its source, so a piece
+is never on both sides and the split does not depend on which other pieces are present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+
+from .tokenization_music import MusicFileError, MusicTokenizer
+
+logger = logging.getLogger(__name__)
+SPLITS = ("train", "validation", "test")
+
+
+# ----- reading and tokenizing -------------------------------------------------------------------------
+@dataclass
+class DataSummary:
+    """What tokenization kept and skipped: pieces and tokens per split, genres, and each failure's reason."""
+
+    pieces: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+    genres: dict[str, int] = field(default_factory=dict)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"pieces: {self.pieces}", f"tokens: {self.tokens}", f"genres: {self.genres}",
+                 f"skipped: {len(self.failed)} file(s)"]
+        lines += [f"  {src}: {why}" for src, why in self.failed[:10]]
+        if len(self.failed) > 10:
+            lines.append(f"  ... and {len(self.failed) - 10} more")
+        return "\n".join(lines)
+
+
+def split_of(source: str, seed: int = 0, validation_fraction: float = 0.05, test_fraction: float = 0.05) -> str:
+    """The split a piece belongs to, from a seeded hash of its source (stable across runs and subsets)."""
+    u = int(hashlib.sha1(f"{seed}:{source}".encode()).hexdigest()[:12], 16) / 16**12
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + validation_fraction:
+        return "validation"
+    return "train"
+
+
+def _tokenize_batch(batch: dict[str, list], tokenizer: MusicTokenizer, music_column: str) -> dict[str, list]:
+    ids, errors = [], []
+    for x, source in zip(batch[music_column], batch["source"]):
+        try:
+            ids.append([tokenizer.bos_token_id] + tokenizer.encode_score(x) + [tokenizer.eos_token_id])
+            errors.append("")
+        except MusicFileError as e:
+            ids.append([])
+            errors.append(f"{source}: {e.problem}")
+    return {"input_ids": ids, "error": errors}
+
+
+def tokenize_pieces(pieces: datasets.Dataset, tokenizer: MusicTokenizer, genres: Sequence[str],
+                    music_column: str = "path", num_proc: int | None = None, seed: int = 0,
+                    validation_fraction: float = 0.05, test_fraction: float = 0.05
+                    ) -> tuple[datasets.DatasetDict, DataSummary]:
+    """Tokenize a dataset of pieces (columns `music_column`, `genre`, `source`) and split it by piece.
+
+    Returns a DatasetDict (train/validation/test; columns input_ids, genre_id, source) and a summary.
+    """
+    genre2id = {g: i for i, g in enumerate(genres)}
+    num_proc = num_proc if num_proc and num_proc > 1 and len(pieces) >= 2 * num_proc else None
+    tokenized = pieces.map(_tokenize_batch, batched=True, batch_size=32, num_proc=num_proc,
+                           fn_kwargs={"tokenizer": tokenizer, "music_column": music_column},
+                           remove_columns=[music_column], desc="tokenizing")
+    summary = DataSummary(failed=[(s, e) for s, e in zip(tokenized["source"], tokenized["error"]) if e])
+    for src, why in summary.failed:
+        logger.warning("skipped %s", why)
+    tokenized = tokenized.filter(lambda err: not err, input_columns="error").remove_columns("error")
+    tokenized = tokenized.map(
+        lambda b: {"genre_id": [genre2id.get(g, 0) for g in b["genre"]],
+                   "split": [split_of(s, seed, validation_fraction, test_fraction) for s in b["source"]]},
+        batched=True)
+    out = datasets.DatasetDict({
+        name: tokenized.filter(lambda s, n=name: s == n, input_columns="split").remove_columns("split")
+        for name in SPLITS
+    })
+    for name, ds in out.items():
+        summary.pieces[name] = len(ds)
+        summary.tokens[name] = int(sum(len(x) for x in ds["input_ids"]))
+    summary.genres = dict(Counter(tokenized["genre"]))
+    return out, summary
+
+
+def pieces_from_entries(entries: Sequence[Any]) -> datasets.Dataset:
+    """A dataset of pieces (path, genre, source) from corpus entries (objects with those attributes)."""
+    return datasets.Dataset.from_dict({
+        "path": [str(e.path) for e in entries],
+        "genre": [e.genre for e in entries],
+        "source": [str(getattr(e, "source", e.path)) for e in entries],
+    })
+
+
+def pieces_from_hf_dataset(ds: datasets.Dataset, midi_column: str = "midi", genre_column: str | None = "genre",
+                           source_column: str | None = None) -> datasets.Dataset:
+    """A dataset of pieces from a HF dataset holding MIDI bytes (a `bytes` column or an `{"bytes": ...}` struct)."""
+    def convert(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        midi = [m["bytes"] if isinstance(m, dict) else m for m in batch[midi_column]]
+        return {
+            "midi_bytes": midi,
+            "genre": batch[genre_column] if genre_column else ["unknown"] * len(midi),
+            "source": [str(s) for s in batch[source_column]] if source_column else [f"row-{i}" for i in indices],
+        }
+    return ds.map(convert, batched=True, with_indices=True, remove_columns=ds.column_names)
+
+
+def _cache_key(tokenizer: MusicTokenizer, sources: Sequence[str], extra: dict[str, Any]) -> str:
+    h = hashlib.sha1()
+    h.update(tokenizer.miditok.config.to_dict().__repr__().encode())
+    h.update(str(tokenizer.vocab_size).encode())
+    h.update(json.dumps(extra, sort_keys=True).encode())
+    for s in sources:
+        h.update(s.encode())
+    return h.hexdigest()[:16]
+
+
+def load_or_tokenize(pieces: datasets.Dataset, tokenizer: MusicTokenizer, genres: Sequence[str],
+                     cache_dir: str | os.PathLike | None = None, **kwargs: Any
+                     ) -> tuple[datasets.DatasetDict, DataSummary]:
+    """`tokenize_pieces` with an Arrow cache on disk: the same pieces, tokenizer and split settings load at once."""
+    if cache_dir is None:
+        return tokenize_pieces(pieces, tokenizer, genres, **kwargs)
+    extra = {k: v for k, v in kwargs.items() if k != "num_proc"} | {"genres": list(genres)}
+    key = _cache_key(tokenizer, pieces["source"], extra)
+    path = Path(cache_dir) / f"tokenized-{key}"
+    if (path / "summary.json").exists():
+        summary = DataSummary(**json.loads((path / "summary.json").read_text()))
+        summary.failed = [tuple(f) for f in summary.failed]
+        return datasets.load_from_disk(str(path)), summary
+    ds, summary = tokenize_pieces(pieces, tokenizer, genres, **kwargs)
+    ds.save_to_disk(str(path))
+    (path / "summary.json").write_text(json.dumps(asdict(summary)))
+    return ds, summary
+
+
+# ----- windows ----------------------------------------------------------------------------------------
+def window_starts(bar_flags: np.ndarray, length: int, max_length: int, stride: int) -> list[int]:
+    """Start indices of windows: the first at 0, each next at the first bar start >= previous + stride."""
+    bars = np.flatnonzero(bar_flags)
+    starts, start = [0], 0
+    while start + max_length < length:
+        nxt = bars[bars >= start + stride]
+        nxt = nxt[nxt > start]
+        if len(nxt) == 0:
+            break
+        start = int(nxt[0])
+        starts.append(start)
+    return starts
+
+
+def make_windows(pieces: datasets.Dataset, tokenizer: MusicTokenizer, max_length: int, overlap: int = 0,
+                 pack: bool = False) -> datasets.Dataset:
+    """Cut tokenized pieces into windows of at most `max_length` tokens starting at bar boundaries.
+
+    `overlap` tokens may repeat between consecutive windows (stride = max_length - overlap). Short pieces stay
+    short (the collator pads them) unless `pack` concatenates consecutive short windows into full ones.
+    """
+    bar_table = np.asarray(tokenizer.music_attributes()["bar_count"]) > 0
+    stride = max(1, max_length - overlap)
+
+    def cut(batch: dict[str, list]) -> dict[str, list]:
+        out: dict[str, list] = {"input_ids": [], "genre_id": [], "source": []}
+        for ids, genre, source in zip(batch["input_ids"], batch["genre_id"], batch["source"]):
+            arr = np.asarray(ids)
+            for s in window_starts(bar_table[arr], len(arr), max_length, stride):
+                out["input_ids"].append(arr[s: s + max_length].tolist())
+                out["genre_id"].append(genre)
+                out["source"].append(source)
+        return out
+
+    windows = pieces.map(cut, batched=True, remove_columns=pieces.column_names, desc="windows")
+    if pack:
+        windows = windows.map(lambda b: _pack(b, max_length), batched=True, batch_size=256, desc="packing")
+    return windows.add_column("idx", list(range(len(windows))))
+
+
+def _pack(batch: dict[str, list], max_length: int) -> dict[str, list]:
+    out: dict[str, list] = {"input_ids": [], "genre_id": [], "source": []}
+    cur: list[int] = []
+    genre, source = 0, ""
+    for ids, g, s in zip(batch["input_ids"], batch["genre_id"], batch["source"]):
+        if cur and len(cur) + len(ids) > max_length:
+            out["input_ids"].append(cur), out["genre_id"].append(genre), out["source"].append(source)
+            cur = []
+        if not cur:
+            genre, source = g, s
+        cur = cur + ids
+    if cur:
+        out["input_ids"].append(cur[:max_length]), out["genre_id"].append(genre), out["source"].append(source)
+    return out
+
+
+def iterable_windows(pieces: datasets.Dataset, tokenizer: MusicTokenizer, max_length: int, overlap: int = 0,
+                     seed: int = 0, rank: int = 0, world_size: int = 1) -> datasets.IterableDataset:
+    """Streaming windows for corpora larger than memory, shuffled by shard and split across processes."""
+    from datasets.distributed import split_dataset_by_node
+
+    stream = pieces.to_iterable_dataset(num_shards=max(1, min(len(pieces), 8 * world_size)))
+    stream = stream.shuffle(seed=seed, buffer_size=256)
+    stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
+    bar_table = np.asarray(tokenizer.music_attributes()["bar_count"]) > 0
+    stride = max(1, max_length - overlap)
+
+    def cut(example: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        arr = np.asarray(example["input_ids"])
+        for s in window_starts(bar_table[arr], len(arr), max_length, stride):
+            yield {"input_ids": arr[s: s + max_length].tolist(), "genre_id": example["genre_id"]}
+
+    return stream.map(lambda b: {k: [w[k] for ex in _rows(b) for w in cut(ex)] for k in ("input_ids", "genre_id")},
+                      batched=True, remove_columns=list(pieces.column_names))
+
+
+def _rows(batch: dict[str, list]) -> Iterator[dict[str, Any]]:
+    keys = list(batch)
+    for values in zip(*(batch[k] for k in keys)):
+        yield dict(zip(keys, values))
+
+
+# ----- augmentation -----------------------------------------------------------------------------------
+@dataclass
+class AugmentationConfig:
+    """On-the-fly, token-level augmentation (off for evaluation). Steps are in vocabulary bins."""
+
+    pitch_shift: int = 0  # transpose non-drum notes by a random number of semitones in [-n, n]
+    tempo_shift: int = 0  # move every Tempo token by one random number of tempo bins in [-n, n]
+    velocity_jitter: int = 0  # each Velocity token moves independently by up to n bins
+    duration_jitter: int = 0  # each Duration token moves by up to n bins (timing noise)
+    position_jitter: int = 0  # each onset Position moves by up to n positions, keeping order inside its bar
+    probability: float = 1.0  # chance that a window is augmented at all
+
+    @property
+    def enabled(self) -> bool:
+        return self.probability > 0 and any((self.pitch_shift, self.tempo_shift, self.velocity_jitter,
+                                             self.duration_jitter, self.position_jitter))
+
+
+class TokenAugmenter:
+    """Applies an `AugmentationConfig` to id windows by moving ids along the tokenizer's value tables."""
+
+    def __init__(self, tokenizer: MusicTokenizer, config: AugmentationConfig):
+        self.config = config
+        vocab = tokenizer.vocab_size
+        self.rank: dict[str, np.ndarray] = {}
+        self.ids: dict[str, np.ndarray] = {}
+        for kind, ids in tokenizer.value_tables().items():
+            rank = np.full(vocab, -1)
+            rank[ids] = np.arange(len(ids))
+            self.rank[kind], self.ids[kind] = rank, np.asarray(ids)
+        self.bar = np.asarray(tokenizer.music_attributes()["bar_count"]) > 0
+
+    def _shift_all(self, ids: np.ndarray, kind: str, shift: int) -> None:
+        r = self.rank[kind][ids]
+        sel = r >= 0
+        ids[sel] = self.ids[kind][np.clip(r[sel] + shift, 0, len(self.ids[kind]) - 1)]
+
+    def _jitter(self, ids: np.ndarray, kind: str, n: int, rng: np.random.Generator) -> None:
+        r = self.rank[kind][ids]
+        sel = r >= 0
+        noise = rng.integers(-n, n + 1, size=int(sel.sum()))
+        ids[sel] = self.ids[kind][np.clip(r[sel] + noise, 0, len(self.ids[kind]) - 1)]
+
+    def __call__(self, ids: Sequence[int], rng: np.random.Generator) -> list[int]:
+        cfg = self.config
+        out = np.asarray(ids).copy()
+        if not cfg.enabled or rng.random() >= cfg.probability:
+            return out.tolist()
+        if cfg.pitch_shift:
+            r = self.rank["Pitch"][out]
+            present = r[r >= 0]
+            if len(present):  # a shift that keeps every pitch inside the vocabulary
+                lo = max(-cfg.pitch_shift, -int(present.min()))
+                hi = min(cfg.pitch_shift, len(self.ids["Pitch"]) - 1 - int(present.max()))
+                self._shift_all(out, "Pitch", int(rng.integers(lo, hi + 1)))
+        if cfg.tempo_shift:
+            self._shift_all(out, "Tempo", int(rng.integers(-cfg.tempo_shift, cfg.tempo_shift + 1)))
+        if cfg.velocity_jitter:
+            self._jitter(out, "Velocity", cfg.velocity_jitter, rng)
+        if cfg.duration_jitter:
+            self._jitter(out, "Duration", cfg.duration_jitter, rng)
+        if cfg.position_jitter:
+            self._jitter_positions(out, cfg.position_jitter, rng)
+        return out.tolist()
+
+    def _jitter_positions(self, ids: np.ndarray, n: int, rng: np.random.Generator) -> None:
+        """Move Position values by up to n while each stays strictly between its neighbours in the same bar."""
+        rank = self.rank["Position"]
+        where = np.flatnonzero(rank[ids] >= 0)
+        if len(where) == 0:
+            return
+        bar_of = np.cumsum(self.bar[ids])[where]
+        vals = rank[ids[where]]
+        new = vals.copy()
+        limit = len(self.ids["Position"])
+        for j in range(len(where)):
+            lo = new[j - 1] + 1 if j > 0 and bar_of[j - 1] == bar_of[j] else 0
+            hi = vals[j + 1] - 1 if j + 1 < len(where) and bar_of[j + 1] == bar_of[j] else vals[j]
+            hi = min(hi, limit - 1)
+            cand = vals[j] + int(rng.integers(-n, n + 1))
+            new[j] = min(max(cand, lo), max(hi, lo))
+        ids[where] = self.ids["Position"][new]
+
+
+# ----- collator ---------------------------------------------------------------------------------------
+class MusicDataCollator:
+    """Pads windows into a batch: input_ids, attention_mask, labels (-100 on padding) and genre_ids.
+
+    With an augmenter, each window is augmented with a generator seeded by (seed, epoch, window idx), so a
+    resumed run sees exactly the augmentations an unbroken run would.
+    """
+
+    def __init__(self, pad_token_id: int, augmenter: TokenAugmenter | None = None, seed: int = 0,
+                 pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.augmenter = augmenter
+        self.seed = seed
+        self.epoch = 0
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        seqs = []
+        for ex in examples:
+            ids = list(ex["input_ids"])
+            if self.augmenter is not None:
+                rng = np.random.default_rng([self.seed, self.epoch, int(ex.get("idx", 0))])
+                ids = self.augmenter(ids, rng)
+            seqs.append(ids)
+        length = max(len(s) for s in seqs)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(seqs), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(seqs), length), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            attention_mask[i, : len(s)] = 1
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        genre_ids = torch.tensor([int(ex.get("genre_id", 0)) for ex in examples], dtype=torch.long)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "genre_ids": genre_ids}
+
+
+__all__ = ["DataSummary", "split_of", "tokenize_pieces", "pieces_from_entries", "pieces_from_hf_dataset",
+           "load_or_tokenize", "window_starts", "make_windows", "iterable_windows", "AugmentationConfig",
+           "TokenAugmenter", "MusicDataCollator"]
