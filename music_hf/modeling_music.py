@@ -216,6 +216,8 @@ class MusicDecoderLayer(GradientCheckpointingLayer):
         hidden_states = hidden_states + self.dropout(attn_out)
         if self.conv is not None:
             conv_in = self.conv_norm(hidden_states, token_mask)
+            if token_mask is not None:  # padding enters the conv as zeros, exactly like the start of a sequence
+                conv_in = conv_in * token_mask[..., None].to(conv_in.dtype)
             past = None
             if cache is not None:
                 past = _aux_cache_update(cache, self.conv_cache_index, conv_in)[:, : -conv_in.shape[1]]
@@ -437,7 +439,19 @@ class MusicForCausalLM(MusicPreTrainedModel, GenerationMixin):
 
 
 class MusicForSequenceClassification(GenericForSequenceClassification, MusicPreTrainedModel):
-    """Genre (or any label) from the last real token's hidden state."""
+    """Genre (or any label) from the last real token's hidden state.
+
+    The generic head builds its base model with `AutoModel.from_config`, which cannot find `MusicModel` when this
+    class is loaded with `trust_remote_code` (the Auto registry only knows the local `music_hf` import), so the
+    base model is built directly here; forward, pooling and loss stay the generic ones.
+    """
+
+    def __init__(self, config: MusicConfig):
+        super(GenericForSequenceClassification, self).__init__(config)
+        self.num_labels = config.num_labels
+        self.model = MusicModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
 
 
 __all__ = ["MusicPreTrainedModel", "MusicModel", "MusicForCausalLM", "MusicForSequenceClassification",
