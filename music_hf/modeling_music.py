@@ -371,7 +371,10 @@ class MusicModel(MusicPreTrainedModel):
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         past = cache.get_seq_length() if cache is not None else 0
-        if position_ids is None:
+        if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
+            # count real tokens only, so a left-padded row gets the positions it would have alone
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
+        elif position_ids is None:
             position_ids = (torch.arange(input_ids.shape[1], device=input_ids.device) + past)[None].expand_as(input_ids)
         # the whole token history (kept in the cache) feeds the carried attributes
         history = input_ids if cache is None else _aux_cache_update(
