@@ -26,6 +26,8 @@ MIDITOK_FILE = "miditok_config.json"
 MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".smf")
 ABC_SUFFIXES = (".abc",)
 DEFAULT_MAX_FILE_BYTES = 32 * 1024 * 1024
+# A few bytes of MIDI can place an event at tick 2**28: tokens grow with the length (a Bar per bar), so cap it.
+DEFAULT_MAX_QUARTER_NOTES = 100_000  # about 14 hours at 120 bpm
 DRUM_PROGRAM = 128  # miditok writes drums as Program_-1; the attribute tables use 128
 # Token kinds the attribute tables know; the model embeds nothing from these names, only from the tables.
 TOKEN_KINDS = (
@@ -110,9 +112,12 @@ def _score_from_midi_bytes(data: bytes, source: str) -> symusic.Score:
     if not (data[:4] == b"MThd" or data[:4] == b"RIFF"):
         raise MusicFileError(source, "not a MIDI file (no MThd header)")
     try:
-        return symusic.Score.from_midi(data)
+        score = symusic.Score.from_midi(data)
     except RuntimeError as e:
         raise MusicFileError(source, f"corrupt or truncated MIDI ({e})") from e
+    if score.tpq <= 0:
+        raise MusicFileError(source, f"invalid time division ({score.tpq} ticks per quarter note)")
+    return score
 
 
 def is_music_input(x: Any) -> bool:
@@ -179,6 +184,7 @@ class MusicTokenizer(PreTrainedTokenizer):
         tokenization: str = "REMI",
         miditok_config: dict[str, Any] | None = None,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        max_quarter_notes: int = DEFAULT_MAX_QUARTER_NOTES,
         special_tokens_pattern: str = "bos_eos",
         **kwargs: Any,
     ):
@@ -193,12 +199,14 @@ class MusicTokenizer(PreTrainedTokenizer):
             raise ValueError(f"{tokenization} with this config makes one stream per track; MusicTokenizer needs one")
         self.tokenization = tokenization
         self.max_file_bytes = max_file_bytes
+        self.max_quarter_notes = max_quarter_notes
         self._build_vocab()  # PythonBackend.__init__ calls get_vocab(): the vocabulary must exist first
         for name, token in SPECIAL_TOKENS.items():
             kwargs.setdefault(name, token)
         super().__init__(
             tokenization=tokenization,
             max_file_bytes=max_file_bytes,
+            max_quarter_notes=max_quarter_notes,
             special_tokens_pattern=special_tokens_pattern,
             **kwargs,
         )
@@ -210,10 +218,15 @@ class MusicTokenizer(PreTrainedTokenizer):
         if mt.is_trained:
             id_to_bytes = {i: b for b, i in mt.vocab_model.items()}
             self._id_to_base = [list(mt._vocab_learned_bytes_to_tokens[id_to_bytes[i]]) for i in range(len(mt))]
+            # BPE split per bar/beat (miditok's default) learns word-start ids, "▁" + bytes, with the same base
+            # tokens as the plain id, and a lone "▁" with none: the marker keeps their strings distinct.
+            marker = getattr(mt._model.pre_tokenizer, "replacement", None)
+            prefixes = [marker if marker and id_to_bytes[i].startswith(marker) else "" for i in range(len(mt))]
         else:
             inv = {i: t for t, i in mt.vocab.items()}
             self._id_to_base = [[inv[i]] for i in range(len(inv))]
-        self._id_to_token = [BPE_JOINER.join(base) for base in self._id_to_base]
+            prefixes = [""] * len(inv)
+        self._id_to_token = [p + BPE_JOINER.join(base) for p, base in zip(prefixes, self._id_to_base)]
         self._token_to_id = {t: i for i, t in enumerate(self._id_to_token)}
 
     @property
@@ -256,9 +269,12 @@ class MusicTokenizer(PreTrainedTokenizer):
         score = load_score(x, self.max_file_bytes)
         if score.note_num() == 0:
             raise EmptyMusicError(source, "no notes")
+        if score.end() > self.max_quarter_notes * score.tpq:
+            raise MusicFileError(source, f"too long ({score.end()} ticks at {score.tpq} per quarter note > "
+                                         f"{self.max_quarter_notes} quarter notes)")
         try:
             seq = self.miditok.encode(score)
-        except (RuntimeError, ValueError, IndexError, KeyError) as e:
+        except (RuntimeError, ValueError, IndexError, KeyError, ArithmeticError) as e:
             raise MusicFileError(source, f"miditok could not tokenize it ({type(e).__name__}: {e})") from e
         ids = list(seq.ids)
         if not any(self._note_counts[i] for i in ids):
@@ -287,9 +303,10 @@ class MusicTokenizer(PreTrainedTokenizer):
         """
         if hasattr(ids, "tolist"):
             ids = ids.tolist()
-        ids = [int(i) for i in ids]
-        if ids and isinstance(ids[0], list):
+        ids = list(ids)
+        if ids and isinstance(ids[0], (list, tuple)):
             raise ValueError("decode_midi takes one sequence; call it per row for a batch")
+        ids = [int(i) for i in ids]
         special = set(self.all_special_ids)
         clean = [i for i in ids if 0 <= i < self.vocab_size and i not in special]
         score = self.miditok.decode(clean) if clean else symusic.Score(self.miditok.time_division)
@@ -337,7 +354,7 @@ class MusicTokenizer(PreTrainedTokenizer):
         tables: dict[str, list[int]] = {k: [] for k in
                                         ("kind", "pitch", "program_set", "position_set", "bar_count", "note_count")}
         for base in self._id_to_base:
-            kind = base[0].split("_")[0]
+            kind = base[0].split("_")[0] if base else "other"  # a lone BPE word-start marker has no base token
             tables["kind"].append(TOKEN_KINDS.index(kind) if kind in TOKEN_KINDS else
                                         (0 if kind in ("PAD", "BOS", "EOS", "MASK") else TOKEN_KINDS.index("other")))
             pitch = program = position = -1
@@ -382,6 +399,7 @@ class MusicTokenizer(PreTrainedTokenizer):
         tables: dict[str, Any] = {"first_kind": [], "last_kind": [], "first_position": [], "bar_positions": [],
                                   "program": [], "grammar_position": []}
         for base in self._id_to_base:
+            base = base or ["other"]  # a lone BPE word-start marker has no base token
             first, _, value = base[0].partition("_")
             tables["first_kind"].append(kind_of(base[0]))
             tables["last_kind"].append(kind_of(base[-1]))
