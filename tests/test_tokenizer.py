@@ -1,0 +1,600 @@
+"""MusicTokenizer (issue 2): real-music round trips, the transformers contract, BPE, saving, bad input, fuzzing."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import symusic
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from symusic import Note, Score, TimeSignature, Track
+from transformers import AutoTokenizer, BatchEncoding
+
+import music_hf  # noqa: F401  (registers the Auto classes)
+from music_hf import EmptyMusicError, MusicConfig, MusicFileError, MusicTokenizer
+from music_hf.tokenization_music import TOKEN_KINDS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NUM_REAL_PIECES = 7  # len(real_midi_paths), see conftest.py
+
+
+# ----- helpers -------------------------------------------------------------------------------------------------
+def notes_of(score: Score) -> Counter:
+    """Multiset of notes as (pitch, program (-1 = drums), onset, duration, velocity).
+
+    Times are exact fractions of a quarter note: the preprocessed input and the decoded output use different
+    ticks per quarter (miditok resamples to its grid, then decodes at its own time division), so ticks are
+    compared in the one unit both resolve to without rounding.
+    """
+    notes = Counter()
+    for track in score.tracks:
+        program = -1 if track.is_drum else track.program
+        for n in track.notes:
+            notes[(n.pitch, program, Fraction(n.time, score.tpq), Fraction(n.duration, score.tpq), n.velocity)] += 1
+    return notes
+
+
+def tempos_and_time_signatures(score: Score) -> tuple[list, list]:
+    tempos = [(Fraction(t.time, score.tpq), t.mspq) for t in score.tempos]
+    time_sigs = [(Fraction(t.time, score.tpq), t.numerator, t.denominator) for t in score.time_signatures]
+    return tempos, time_sigs
+
+
+def one_track_score(notes: list[tuple[int, int, int]], tpq: int = 480, time_sig: tuple[int, int] | None = None,
+                    drums: bool = False, program: int = 0) -> Score:
+    """A Score with one track of (onset, duration, pitch) notes, velocity 90."""
+    score = Score(tpq)
+    if time_sig:
+        score.time_signatures.append(TimeSignature(0, *time_sig))
+    track = Track(program=program, is_drum=drums)
+    for onset, duration, pitch in notes:
+        track.notes.append(Note(onset, duration, pitch, 90))
+    score.tracks.append(track)
+    return score
+
+
+def _vlq(n: int) -> bytes:
+    out = [n & 0x7F]
+    n >>= 7
+    while n:
+        out.append(0x80 | (n & 0x7F))
+        n >>= 7
+    return bytes(reversed(out))
+
+
+def two_note_midi(tpq: int, gap: int) -> bytes:
+    """A hand-written format-0 MIDI file: middle C, then D `gap` ticks later (tpq as written in the header)."""
+    track = (_vlq(0) + b"\x90\x3c\x40" + _vlq(10) + b"\x80\x3c\x40" + _vlq(gap) + b"\x90\x3e\x40" + _vlq(10)
+             + b"\x80\x3e\x40" + b"\x00\xff\x2f\x00")
+    return b"MThd" + struct.pack(">IHHH", 6, 0, 1, tpq) + b"MTrk" + struct.pack(">I", len(track)) + track
+
+
+# ----- round trip on real music ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("index", range(NUM_REAL_PIECES))
+def test_round_trip_recovers_the_preprocessed_notes_exactly(tokenizer, real_midi_paths, index):
+    path = real_midi_paths[index]
+    expected = tokenizer.miditok.preprocess_score(Score(str(path)))
+    decoded = tokenizer.decode_midi(tokenizer(path)["input_ids"])
+    assert expected.note_num() > 0
+    assert notes_of(decoded) == notes_of(expected), path.name
+    assert tempos_and_time_signatures(decoded) == tempos_and_time_signatures(expected), path.name
+
+
+def test_real_pieces_keep_their_programs_and_meters(tokenizer, real_midi_paths):
+    by_name = {p.name: p for p in real_midi_paths}
+    palestrina = tokenizer.decode_midi(tokenizer(by_name["palestrina_Agnus_01.krn.mid"])["input_ids"])
+    assert {t.program for t in palestrina.tracks} == {53}  # music21 writes voices as "choir aahs"
+    jig = tokenizer.convert_ids_to_tokens(tokenizer(by_name["oneills1850_0001-0050_4.mid"])["input_ids"])
+    assert "TimeSig_6/8" in jig
+    chorale = tokenizer.convert_ids_to_tokens(tokenizer(by_name["bach_bwv269.mid"])["input_ids"])
+    assert "TimeSig_3/4" in chorale
+
+
+def test_decode_midi_writes_a_readable_file(tokenizer, real_midi_paths, tmp_path):
+    ids = tokenizer(real_midi_paths[0])["input_ids"]
+    out = tmp_path / "out.mid"
+    decoded = tokenizer.decode_midi(torch.tensor(ids), output_path=out)
+    assert notes_of(Score(str(out))) == notes_of(decoded)
+
+
+# ----- the transformers contract ---------------------------------------------------------------------------------
+def test_call_returns_batch_encoding_framed_by_bos_and_eos(tokenizer, real_midi_paths):
+    enc = tokenizer(real_midi_paths[0])
+    assert isinstance(enc, BatchEncoding)
+    ids = enc["input_ids"]
+    assert enc["attention_mask"] == [1] * len(ids)
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.bos_token_id not in ids[1:-1] and tokenizer.eos_token_id not in ids[1:-1]
+    assert all(0 <= i < tokenizer.vocab_size for i in ids)
+    assert ids[1:-1] == tokenizer.encode_score(real_midi_paths[0])
+
+
+def test_path_str_bytes_and_score_inputs_give_identical_ids(tokenizer, real_midi_paths):
+    path = real_midi_paths[3]
+    ids = tokenizer(path)["input_ids"]
+    assert tokenizer(str(path))["input_ids"] == ids
+    assert tokenizer(path.read_bytes())["input_ids"] == ids
+    assert tokenizer(bytearray(path.read_bytes()))["input_ids"] == ids
+    assert tokenizer(Score(str(path)))["input_ids"] == ids
+
+
+def test_abc_text_gives_the_same_ids_as_its_midi(tokenizer, real_midi_paths):
+    from music21 import corpus
+
+    from music_hf.tokenization_music import split_abc_tunes
+
+    text = Path(corpus.getWork("essenFolksong/altdeu10")).read_text(encoding="utf-8")
+    midi = next(p for p in real_midi_paths if p.name.startswith("essenFolksong"))
+    assert tokenizer(split_abc_tunes(text)[0])["input_ids"] == tokenizer(midi)["input_ids"]
+
+
+def test_batch_pads_on_the_right_with_mask_zero(tokenizer, real_midi_paths):
+    single = [tokenizer(p)["input_ids"] for p in real_midi_paths]
+    batch = tokenizer(real_midi_paths, padding=True, return_tensors="pt")
+    longest = max(map(len, single))
+    assert batch["input_ids"].shape == (len(single), longest)
+    assert batch["input_ids"].dtype == torch.long
+    for row, mask, ids in zip(batch["input_ids"], batch["attention_mask"], single):
+        assert row[: len(ids)].tolist() == ids
+        assert (row[len(ids):] == tokenizer.pad_token_id).all()
+        assert mask.tolist() == [1] * len(ids) + [0] * (longest - len(ids))
+
+
+def test_truncation_keeps_max_length_with_bos_and_eos(tokenizer, real_midi_paths):
+    full = [tokenizer(p)["input_ids"] for p in real_midi_paths[:3]]
+    batch = tokenizer(real_midi_paths[:3], truncation=True, max_length=50)
+    for ids, whole in zip(batch["input_ids"], full):
+        assert len(ids) == 50
+        assert ids[:-1] == whole[:49] and ids[-1] == tokenizer.eos_token_id
+
+
+def test_token_strings_decode_and_encode_back(tokenizer, real_midi_paths):
+    ids = tokenizer(real_midi_paths[0])["input_ids"]
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    assert tokens[:3] == ["BOS_None", "Bar_None", "TimeSig_4/4"] and tokens[-1] == "EOS_None"
+    assert tokenizer.convert_tokens_to_ids(tokens) == ids
+    text = tokenizer.decode(ids)
+    assert text == " ".join(tokens)
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] == ids
+    assert tokenizer(tokenizer.decode(ids, skip_special_tokens=True))["input_ids"] == ids
+    assert tokenizer("Bar_None Position_0 Program_0 Pitch_60 Velocity_95 Duration_1.0.8",
+                     add_special_tokens=False)["input_ids"] == tokenizer.convert_tokens_to_ids(
+        ["Bar_None", "Position_0", "Program_0", "Pitch_60", "Velocity_95", "Duration_1.0.8"])
+
+
+def test_unknown_token_name_raises(tokenizer):
+    with pytest.raises(ValueError, match="Pitch_999"):
+        tokenizer("Bar_None Pitch_999")
+
+
+def test_vocab_is_consistent(tokenizer):
+    vocab = tokenizer.get_vocab()
+    assert len(vocab) == tokenizer.vocab_size == len(tokenizer)
+    assert sorted(vocab.values()) == list(range(tokenizer.vocab_size))
+    assert [tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.mask_token_id] == [
+        0, 1, 2, 3]
+
+
+# ----- decoding what a model may produce --------------------------------------------------------------------------
+def test_decode_ignores_special_and_out_of_range_ids(tokenizer, real_midi_paths):
+    ids = tokenizer(real_midi_paths[1])["input_ids"]
+    expected = notes_of(tokenizer.decode_midi(ids))
+    rng = random.Random(0)
+    noisy = list(ids)
+    junk = [tokenizer.pad_token_id, tokenizer.mask_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id,
+            -1, -7, tokenizer.vocab_size, 10**9]
+    for _ in range(100):
+        noisy.insert(rng.randrange(len(noisy) + 1), rng.choice(junk))
+    assert notes_of(tokenizer.decode_midi(noisy)) == expected
+
+
+def test_decode_survives_ill_placed_tokens(tokenizer, real_midi_paths):
+    ids = tokenizer(real_midi_paths[0])["input_ids"]
+    pitch = tokenizer.convert_tokens_to_ids("Pitch_60")
+    bar = tokenizer.convert_tokens_to_ids("Bar_None")
+    assert tokenizer.decode_midi([]).note_num() == 0
+    assert tokenizer.decode_midi([pitch]).note_num() == 0  # a Pitch with no Velocity/Duration is no note
+    assert tokenizer.decode_midi([bar, pitch, pitch, bar]).note_num() == 0
+    for seed in range(10):
+        shuffled = list(ids)
+        random.Random(seed).shuffle(shuffled)
+        assert isinstance(tokenizer.decode_midi(shuffled), Score)
+    for seed in range(30):
+        rng = random.Random(seed)
+        garbage = [rng.randrange(-3, tokenizer.vocab_size + 3) for _ in range(rng.randrange(300))]
+        assert isinstance(tokenizer.decode_midi(garbage), Score)
+
+
+def test_decode_keeps_the_valid_notes_around_a_broken_one(tokenizer, real_midi_paths):
+    ids = tokenizer(real_midi_paths[0])["input_ids"]
+    expected = notes_of(tokenizer.decode_midi(ids))
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    cut = next(i for i in range(len(tokens) - 1, 0, -1) if tokens[i].startswith("Pitch_"))
+    broken = ids[: cut + 1] + ids[cut + 3:]  # drop the last note's Velocity and Duration
+    lost = notes_of(tokenizer.decode_midi(broken))
+    assert sum(lost.values()) == sum(expected.values()) - 1
+    assert not lost - expected
+
+
+def test_decode_midi_rejects_a_batch(tokenizer, real_midi_paths):
+    ids = tokenizer(real_midi_paths[:2], padding=True, return_tensors="pt")["input_ids"]
+    with pytest.raises(ValueError, match="one sequence"):
+        tokenizer.decode_midi(ids)
+
+
+def test_grammar_errors_is_zero_on_real_music_and_positive_on_shuffles(tokenizer, real_midi_paths):
+    ids = tokenizer(real_midi_paths[0])["input_ids"]
+    assert tokenizer.grammar_errors(ids) == 0.0
+    shuffled = list(ids)
+    random.Random(0).shuffle(shuffled)
+    assert tokenizer.grammar_errors(shuffled) > 0.1
+
+
+# ----- per-id attribute tables -----------------------------------------------------------------------------------
+def test_music_attributes_follow_the_token_names(tokenizer):
+    tables = tokenizer.music_attributes()
+    assert {len(t) for t in tables.values()} == {tokenizer.vocab_size}
+    for i, token in enumerate(tokenizer.convert_ids_to_tokens(list(range(tokenizer.vocab_size)))):
+        kind, _, value = token.partition("_")
+        expected_kind = "special" if kind in ("PAD", "BOS", "EOS", "MASK") else kind
+        assert TOKEN_KINDS[tables["kind"][i]] == expected_kind, token
+        assert tables["pitch"][i] == (int(value) if kind == "Pitch" else -1), token
+        assert tables["note_count"][i] == (1 if kind in ("Pitch", "PitchDrum") else 0), token
+        assert tables["program_set"][i] == ((128 if int(value) == -1 else int(value)) if kind == "Program" else -1)
+        expected_position = int(value) if kind == "Position" else 0 if kind == "Bar" else -1
+        assert tables["position_set"][i] == expected_position, token
+        assert tables["bar_count"][i] == (1 if kind == "Bar" else 0), token
+    assert tables["program_set"][tokenizer.convert_tokens_to_ids("Program_-1")] == 128
+    assert tables["pitch"][tokenizer.convert_tokens_to_ids("Pitch_60")] == 60
+    assert tables["position_set"][tokenizer.convert_tokens_to_ids("Position_5")] == 5
+    assert tokenizer.max_position_in_bar == max(tables["position_set"]) + 1
+
+
+def test_config_from_tokenizer_carries_the_tables(tokenizer):
+    config = MusicConfig.from_tokenizer(tokenizer, genres=["chorale", "folk song"])
+    tables = tokenizer.music_attributes()
+    assert config.vocab_size == len(tokenizer)
+    assert config.token_pitch == tables["pitch"] and config.token_program_set == tables["program_set"]
+    config.validate_architecture()
+
+
+# ----- BPE -------------------------------------------------------------------------------------------------------
+BPE_VOCAB_SIZE = 700
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer(real_midi_paths) -> MusicTokenizer:
+    tok = MusicTokenizer()
+    tok.train_bpe(vocab_size=BPE_VOCAB_SIZE, files=real_midi_paths)
+    return tok
+
+
+def test_bpe_grows_the_vocab_and_shortens_sequences(tokenizer, bpe_tokenizer, real_midi_paths):
+    assert tokenizer.vocab_size < bpe_tokenizer.vocab_size == len(bpe_tokenizer) == BPE_VOCAB_SIZE
+    assert bpe_tokenizer.miditok.is_trained
+    base_total = sum(len(tokenizer(p)["input_ids"]) for p in real_midi_paths)
+    bpe_total = sum(len(bpe_tokenizer(p)["input_ids"]) for p in real_midi_paths)
+    assert bpe_total < 0.6 * base_total
+    for p in real_midi_paths:
+        assert len(bpe_tokenizer(p)["input_ids"]) < len(tokenizer(p)["input_ids"])
+
+
+@pytest.mark.parametrize("index", range(NUM_REAL_PIECES))
+def test_bpe_decodes_to_the_same_notes(tokenizer, bpe_tokenizer, real_midi_paths, index):
+    path = real_midi_paths[index]
+    expected = notes_of(tokenizer.miditok.preprocess_score(Score(str(path))))
+    assert notes_of(bpe_tokenizer.decode_midi(bpe_tokenizer(path)["input_ids"])) == expected
+
+
+def test_bpe_token_strings_are_unique_and_encode_back(bpe_tokenizer, real_midi_paths):
+    # Bar-split BPE learns "▁"-marked word-start ids with the same base tokens as plain ids (regression:
+    # they used to share a string, so len(tokenizer) < vocab_size and strings did not encode back).
+    tokens = bpe_tokenizer.convert_ids_to_tokens(list(range(bpe_tokenizer.vocab_size)))
+    assert len(set(tokens)) == bpe_tokenizer.vocab_size
+    assert any(t.startswith("▁") for t in tokens)
+    ids = bpe_tokenizer(real_midi_paths[0])["input_ids"]
+    assert bpe_tokenizer(bpe_tokenizer.decode(ids), add_special_tokens=False)["input_ids"] == ids
+
+
+def test_bpe_attributes_derive_from_base_tokens(bpe_tokenizer):
+    tables = bpe_tokenizer.music_attributes()
+    assert {len(t) for t in tables.values()} == {bpe_tokenizer.vocab_size}
+    learned_with_pitch = 0
+    for i in range(bpe_tokenizer.vocab_size):
+        base = bpe_tokenizer.base_tokens(i)
+        pitches = [int(t.split("_")[1]) for t in base if t.startswith("Pitch_")]
+        programs = [int(t.split("_")[1]) for t in base if t.startswith("Program_")]
+        assert tables["pitch"][i] == (pitches[-1] if pitches else -1)
+        assert tables["note_count"][i] == sum(t.startswith(("Pitch_", "PitchDrum_")) for t in base)
+        assert tables["bar_count"][i] == base.count("Bar_None")
+        assert tables["program_set"][i] == ((128 if programs[-1] == -1 else programs[-1]) if programs else -1)
+        if len(base) > 1 and pitches:
+            learned_with_pitch += 1
+    assert learned_with_pitch > 10
+    lone_marker = [i for i in range(bpe_tokenizer.vocab_size) if not bpe_tokenizer.base_tokens(i)]
+    assert all(TOKEN_KINDS[tables["kind"][i]] == "other" for i in lone_marker)
+    assert len(bpe_tokenizer.grammar_tables()["first_kind"]) == bpe_tokenizer.vocab_size
+
+
+def test_bpe_survives_save_and_load(bpe_tokenizer, real_midi_paths, tmp_path):
+    bpe_tokenizer.save_pretrained(tmp_path)
+    for loaded in (MusicTokenizer.from_pretrained(tmp_path), AutoTokenizer.from_pretrained(tmp_path)):
+        assert loaded.miditok.is_trained and loaded.vocab_size == BPE_VOCAB_SIZE
+        assert loaded.get_vocab() == bpe_tokenizer.get_vocab()
+        for p in real_midi_paths:
+            assert loaded(p)["input_ids"] == bpe_tokenizer(p)["input_ids"]
+
+
+# ----- saving and loading ----------------------------------------------------------------------------------------
+def test_save_pretrained_round_trip_through_auto_tokenizer(real_midi_paths, tmp_path):
+    tokenizer = MusicTokenizer(max_file_bytes=1_000_000, max_quarter_notes=5_000)
+    tokenizer.save_pretrained(tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"tokenizer_config.json", "miditok_config.json", "tokenization_music.py"} <= files
+    assert "tokenizer.json" not in files
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["auto_map"]["AutoTokenizer"][0] == "tokenization_music.MusicTokenizer"
+    assert config["tokenizer_class"] == "MusicTokenizer"
+    for loaded in (MusicTokenizer.from_pretrained(tmp_path), AutoTokenizer.from_pretrained(tmp_path)):
+        assert type(loaded) is MusicTokenizer
+        assert loaded.get_vocab() == tokenizer.get_vocab()
+        assert (loaded.max_file_bytes, loaded.max_quarter_notes) == (1_000_000, 5_000)
+        assert loaded.music_attributes() == tokenizer.music_attributes()
+        for p in real_midi_paths:
+            assert loaded(p)["input_ids"] == tokenizer(p)["input_ids"]
+
+
+def test_trust_remote_code_loads_without_the_package(tokenizer, real_midi_paths, tmp_path):
+    saved = tmp_path / "saved"
+    tokenizer.save_pretrained(saved)
+    expected = tokenizer(real_midi_paths[2])["input_ids"]
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.modules["music_hf"] = None  # even an editable install cannot provide it now
+        try:
+            import music_hf
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("music_hf is importable: the test would prove nothing")
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained({str(saved)!r}, trust_remote_code=True)
+        assert type(tok).__module__.startswith("transformers_modules."), type(tok).__module__
+        assert not any(m == "music_hf" or m.startswith("music_hf.") for m, v in sys.modules.items() if v)
+        print(json.dumps(tok({str(real_midi_paths[2])!r})["input_ids"]))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TRANSFORMERS_VERBOSITY="error")
+    result = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+
+
+# ----- bad input -------------------------------------------------------------------------------------------------
+def test_error_classes():
+    assert issubclass(MusicFileError, ValueError) and issubclass(EmptyMusicError, MusicFileError)
+
+
+def _bad_files(real: bytes) -> dict[str, tuple[bytes, str]]:
+    """name -> (file content, what the error message says)."""
+    middle = len(real) // 2
+    return {
+        "empty": (b"", "empty file"),
+        "truncated_in_header": (real[:10], "corrupt or truncated MIDI"),
+        "truncated_in_track": (real[:100], "corrupt or truncated MIDI"),
+        "truncated_by_one_byte": (real[:-1], "corrupt or truncated MIDI"),
+        "corrupt_middle": (real[:middle] + b"\xff" * 64 + real[middle + 64:], "corrupt or truncated MIDI"),
+        "png": (b"\x89PNG\r\n\x1a\n" + bytes(64), "not a MIDI file"),
+        "text": (b"just some text, not music\n", "not a MIDI file"),
+        "zero_ticks_per_quarter": (two_note_midi(tpq=0, gap=100), "invalid time division"),
+        "smpte_time_division": (two_note_midi(tpq=0xE250, gap=100), "corrupt or truncated MIDI"),
+        "event_at_tick_2_28": (two_note_midi(tpq=8, gap=0x0FFFFFFF), "too long"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_files(b"MThd" + bytes(200))))
+def test_bad_file_raises_music_file_error_naming_file_and_problem(tokenizer, real_midi_bytes, tmp_path, case):
+    content, problem = _bad_files(real_midi_bytes[0])[case]
+    path = tmp_path / f"{case}.mid"
+    path.write_bytes(content)
+    with pytest.raises(MusicFileError) as info:
+        tokenizer(path)
+    assert str(path) in str(info.value) and problem in str(info.value)
+    assert info.value.source == str(path) and not isinstance(info.value, EmptyMusicError)
+    with pytest.raises(MusicFileError, match=f"<bytes>: .*{problem}"):
+        tokenizer(content)
+
+
+def test_a_file_cut_after_its_header_is_empty(tokenizer, real_midi_bytes, tmp_path):
+    path = tmp_path / "header_only.mid"
+    path.write_bytes(real_midi_bytes[0][:14])  # MThd chunk, no track
+    with pytest.raises(EmptyMusicError, match="header_only.mid: no notes"):
+        tokenizer(path)
+
+
+def test_midi_without_notes_is_empty(tokenizer, tmp_path):
+    path = tmp_path / "silence.mid"
+    score = Score(480)
+    score.tracks.append(Track(program=0))
+    score.dump_midi(str(path))
+    with pytest.raises(EmptyMusicError, match="silence.mid: no notes"):
+        tokenizer(path)
+
+
+def test_notes_outside_the_pitch_range_leave_nothing(tokenizer, tmp_path):
+    path = tmp_path / "too_low.mid"
+    one_track_score([(0, 480, 5), (480, 480, 10)]).dump_midi(str(path))  # piano range is 21-108
+    with pytest.raises(EmptyMusicError, match="outside the tokenizer's range"):
+        tokenizer(path)
+
+
+def test_missing_path(tokenizer, tmp_path):
+    with pytest.raises(MusicFileError, match="nowhere.mid: no such file"):
+        tokenizer(tmp_path / "nowhere.mid")
+
+
+def test_file_over_max_file_bytes(real_midi_paths):
+    small = MusicTokenizer(max_file_bytes=100)
+    with pytest.raises(MusicFileError, match=f"{real_midi_paths[0].name}: too large"):
+        small(real_midi_paths[0])
+    with pytest.raises(MusicFileError, match="<bytes>: too large"):
+        small(real_midi_paths[0].read_bytes())
+
+
+def test_piece_over_max_quarter_notes(real_midi_paths):
+    assert MusicTokenizer(max_quarter_notes=10_000)(real_midi_paths[2])["input_ids"]
+    with pytest.raises(MusicFileError, match="too long"):
+        MusicTokenizer(max_quarter_notes=10)(real_midi_paths[2])
+
+
+def test_batch_error_names_the_bad_file(tokenizer, real_midi_paths, tmp_path):
+    bad = tmp_path / "bad_in_batch.mid"
+    bad.write_bytes(b"not midi")
+    with pytest.raises(MusicFileError) as info:
+        tokenizer([real_midi_paths[0], bad, real_midi_paths[1]], padding=True)
+    assert info.value.source == str(bad) and "not a MIDI file" in str(info.value)
+
+
+def test_drums_only_encode_as_pitch_drum_with_program_128(tokenizer, tmp_path):
+    path = tmp_path / "drums.mid"
+    pattern = [(i * 240, 120, (36, 38, 42, 46)[i % 4]) for i in range(16)]
+    one_track_score(pattern, drums=True).dump_midi(str(path))
+    ids = tokenizer(path)["input_ids"]
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    assert "Program_-1" in tokens and not any(t.startswith("Pitch_") for t in tokens)
+    assert sum(t.startswith("PitchDrum_") for t in tokens) == 16
+    tables = tokenizer.music_attributes()
+    assert {tables["program_set"][i] for i in ids if tables["program_set"][i] != -1} == {128}
+    assert sum(tables["note_count"][i] for i in ids) == 16
+    decoded = tokenizer.decode_midi(ids)
+    assert [t.is_drum for t in decoded.tracks] == [True]
+    assert notes_of(decoded) == notes_of(tokenizer.miditok.preprocess_score(Score(str(path))))
+
+
+@pytest.mark.parametrize(("time_sig", "kept"), [
+    ((7, 8), True), ((5, 4), True), ((3, 8), True), ((7, 4), True),
+    # not in the vocabulary's time_signature_range: miditok replaces them with 4/4, keeping every note
+    ((13, 16), False), ((11, 8), False),
+])
+def test_unusual_time_signatures(tokenizer, tmp_path, time_sig, kept):
+    path = tmp_path / f"ts_{time_sig[0]}_{time_sig[1]}.mid"
+    one_track_score([(i * 240, 240, 60 + i % 12) for i in range(32)], time_sig=time_sig).dump_midi(str(path))
+    ids = tokenizer(path)["input_ids"]
+    signatures = {t for t in tokenizer.convert_ids_to_tokens(ids) if t.startswith("TimeSig_")}
+    assert signatures == {f"TimeSig_{time_sig[0]}/{time_sig[1]}" if kept else "TimeSig_4/4"}
+    decoded = tokenizer.decode_midi(ids)
+    assert notes_of(decoded) == notes_of(tokenizer.miditok.preprocess_score(Score(str(path))))
+    assert decoded.note_num() == 32
+
+
+# ----- fuzzing ---------------------------------------------------------------------------------------------------
+INTERESTING_BYTES = (0x00, 0x01, 0x7F, 0x80, 0x81, 0x90, 0x9F, 0xB0, 0xC0, 0xE0, 0xF0, 0xF7, 0xFF, 0x2F, 0x51, 0x58)
+
+
+def apply_mutations(data: bytes, ops: list[tuple], corpus: list[bytes]) -> bytes:
+    """Apply byte-level mutations: ("set", pos, byte), ("truncate", pos), ("insert", pos, bytes),
+    ("delete", pos, n), ("splice", pos, source_start, source_index, n) with another corpus file."""
+    d = bytearray(data)
+    for op in ops:
+        kind, pos = op[0], op[1] % (len(d) + 1)
+        if kind == "set" and d:
+            d[op[1] % len(d)] = op[2]
+        elif kind == "truncate":
+            del d[pos:]
+        elif kind == "insert":
+            d[pos:pos] = op[2]
+        elif kind == "delete":
+            del d[pos:pos + op[2]]
+        elif kind == "splice":
+            other = corpus[op[3] % len(corpus)]
+            start = op[2] % len(other)
+            d[pos:pos + op[4]] = other[start:start + op[4]]
+    return bytes(d)
+
+
+def random_ops(rng: random.Random) -> list[tuple]:
+    """The slow fuzz's mutations: mostly byte sets (they keep chunk lengths, so parsing goes deep)."""
+    ops = []
+    for _ in range(rng.randint(1, 8)):
+        kind = rng.choice(("set", "set", "set", "set", "truncate", "insert", "delete", "splice"))
+        pos = rng.randrange(2**31) if rng.random() < 0.9 else rng.randrange(32)  # sometimes the header
+        if kind == "set":
+            ops.append((kind, pos, rng.choice(INTERESTING_BYTES) if rng.random() < 0.5 else rng.randrange(256)))
+        elif kind == "truncate":
+            ops.append((kind, pos))
+        elif kind == "insert":
+            ops.append((kind, pos, rng.randbytes(rng.randint(1, 16))))
+        elif kind == "delete":
+            ops.append((kind, pos, rng.randint(1, 64)))
+        else:
+            ops.append((kind, pos, rng.randrange(2**31), rng.randrange(2**31), rng.randint(1, 512)))
+    return ops
+
+
+positions = st.one_of(st.integers(0, 31), st.integers(0, 2**31))
+mutation = st.one_of(
+    st.tuples(st.just("set"), positions, st.one_of(st.sampled_from(INTERESTING_BYTES), st.integers(0, 255))),
+    st.tuples(st.just("truncate"), positions),
+    st.tuples(st.just("insert"), positions, st.binary(min_size=1, max_size=16)),
+    st.tuples(st.just("delete"), positions, st.integers(1, 64)),
+    st.tuples(st.just("splice"), positions, st.integers(0, 2**31), st.integers(0, 2**31), st.integers(1, 512)),
+)
+
+
+def check_tokenizer_on(tokenizer: MusicTokenizer, data: bytes) -> None:
+    """The fuzz contract: success with sane ids, or MusicFileError (EmptyMusicError included), nothing else."""
+    try:
+        ids = tokenizer(data)["input_ids"]
+    except MusicFileError as e:
+        assert e.source == "<bytes>" and e.problem
+        return
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert all(0 <= i < tokenizer.vocab_size for i in ids)
+    tokenizer.decode_midi(ids)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                                     HealthCheck.too_slow])
+@given(source=st.integers(0, NUM_REAL_PIECES - 1), ops=st.lists(mutation, min_size=1, max_size=6))
+def test_fuzz_mutated_midi_raises_only_music_file_errors(tokenizer, real_midi_bytes, source, ops):
+    check_tokenizer_on(tokenizer, apply_mutations(real_midi_bytes[source], ops, real_midi_bytes))
+
+
+@pytest.mark.slow
+def test_fuzz_many_mutations_in_a_subprocess(real_midi_paths, tmp_path):
+    """20,000 mutated files in a child process, so a crash in symusic's C++ (a segfault) fails this test
+    instead of killing pytest; the input being read is saved first, so a crash leaves its culprit behind."""
+    script = textwrap.dedent(f"""
+        import random, sys, time
+        from pathlib import Path
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_tokenizer import apply_mutations, check_tokenizer_on, random_ops
+        from music_hf import MusicTokenizer
+        corpus = [Path(p).read_bytes() for p in {[str(p) for p in real_midi_paths]!r}]
+        tokenizer, rng, slowest = MusicTokenizer(), random.Random(1234), 0.0
+        for i in range(20_000):
+            data = apply_mutations(rng.choice(corpus), random_ops(rng), corpus)
+            Path({str(tmp_path / "current.mid")!r}).write_bytes(data)
+            start = time.perf_counter()
+            check_tokenizer_on(tokenizer, data)
+            slowest = max(slowest, time.perf_counter() - start)
+        print("slowest", slowest)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, (f"fuzz child exited with {result.returncode}; input being read is kept at "
+                                    f"{tmp_path / 'current.mid'}\n{result.stderr[-3000:]}")
+    slowest = float(result.stdout.split("slowest")[-1])
+    assert slowest < 10.0, f"one mutated file took {slowest:.1f} s to tokenize"
