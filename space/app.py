@@ -1,0 +1,765 @@
+#!/usr/bin/env python
+"""music-hf Studio: generate, continue and compare symbolic music in the browser (a Gradio app).
+
+    python space/app.py                      # the model trained by the README's main job (outputs/small/final)
+    MODEL_ID=org/name python space/app.py    # a model on the Hub, or MODEL_ID=path/to/folder
+
+The same file is the `app_file` of the Hugging Face Space in this folder. Everything a visitor can do is a
+plain method of `Studio` (tests call them directly); `build_demo` only lays out the page and wires events.
+Settings come from the environment: MODEL_ID, CORPUS_DIR, MAX_NEW_TOKENS, GENERATION_TIMEOUT_S,
+MAX_UPLOAD_MB, QUEUE_SIZE, MUSIC_HF_SOUNDFONT, and Gradio's own (GRADIO_SERVER_PORT, GRADIO_SERVER_NAME).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+if (REPO_ROOT / "music_hf" / "__init__.py").is_file() and str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))  # a checkout without `pip install -e .`
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList  # noqa: E402
+
+import music_hf  # noqa: E402,F401  (registers the Auto classes)
+from music_hf import MusicFileError  # noqa: E402
+from music_hf.generation import cut_bars, generate_music, prompt_ids  # noqa: E402
+from music_hf.render import (GM_PROGRAM_NAMES, audio_available, bar_end_tick, describe_instruments,  # noqa: E402
+                             piano_roll, render_audio)
+
+logger = logging.getLogger("music_hf.space")
+
+DEFAULT_MODEL = "outputs/small/final"
+TRAIN_COMMAND = ("accelerate launch scripts/train.py --config scripts/configs/small.yaml "
+                 "--output_dir outputs/small")
+MAX_NEW_TOKENS = int(os.environ.get("MAX_NEW_TOKENS", 1024))
+GENERATION_TIMEOUT_S = float(os.environ.get("GENERATION_TIMEOUT_S", 120))
+MAX_UPLOAD_BYTES = int(float(os.environ.get("MAX_UPLOAD_MB", 2)) * 1024 * 1024)
+QUEUE_SIZE = int(os.environ.get("QUEUE_SIZE", 16))
+MAX_VARIATIONS = 4
+MAX_PROMPT_BARS = 32
+MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".smf")
+UNKNOWN_GENRE = "unknown"
+
+NEW, UPLOAD, EXAMPLE = "new", "upload", "example"
+SOURCE_LABELS = {NEW: "New piece", UPLOAD: "My MIDI file", EXAMPLE: "Corpus example"}
+
+
+class ModelUnavailable(RuntimeError):
+    """The model named by MODEL_ID cannot be loaded; the message says what to run instead."""
+
+
+def user_error(message: str, title: str = "Error") -> gr.Error:
+    """An error shown to the visitor as a message (the server log gets no traceback for it)."""
+    return gr.Error(message, title=title, print_exception=False)
+
+
+# ----- model and corpus ----------------------------------------------------------------------------------
+
+def resolve_model_id(model_id: str) -> str:
+    """A local folder (absolute, relative to the working directory or to the repository) or a Hub repo id."""
+    for candidate in (Path(model_id).expanduser(), REPO_ROOT / model_id):
+        if candidate.is_dir():
+            return str(candidate.resolve())
+    return model_id
+
+
+def load_model(model_id: str) -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer), or `ModelUnavailable` saying what to train or set."""
+    resolved = resolve_model_id(model_id)
+    looks_local = Path(resolved).is_dir() or model_id.startswith((".", "/", "~")) or model_id.count("/") != 1
+    if not Path(resolved).is_dir() and looks_local:
+        hint = (f"Train it first:\n\n    {TRAIN_COMMAND}\n\n" if model_id == DEFAULT_MODEL else "")
+        raise ModelUnavailable(
+            f"No model at `{model_id}`. {hint}Or set MODEL_ID to a saved model folder or a Hub repo id, e.g.\n\n"
+            f"    MODEL_ID=org/music-model python space/app.py")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+        model = AutoModelForCausalLM.from_pretrained(resolved)
+    except (OSError, ValueError) as e:
+        raise ModelUnavailable(f"Could not load the model `{model_id}`: {e}") from e
+    if torch.cuda.is_available():
+        model.to("cuda")
+    model.eval()
+    return model, tokenizer
+
+
+@dataclass(frozen=True)
+class CorpusPiece:
+    """A prepared corpus piece: offered as a prompt and indexed for "Find similar"."""
+
+    source: str
+    name: str
+    genre: str
+    path: str
+
+
+def pretty_name(source: str) -> str:
+    """'ryansMammoth/7thRegimentReel.abc#2' -> 'ryansMammoth · 7th Regiment Reel (tune 3)'."""
+    path, _, tune = source.partition("#")
+    collection, _, rest = path.partition("/")
+    stem = re.sub(r"\.(mxl|musicxml|xml|krn|abc|mid|midi)$", "", rest or collection, flags=re.I)
+    stem = re.sub(r"(?<=[a-z])(?=[A-Z0-9])", " ", stem.replace("_", " ").replace("/", " / "))
+    name = f"{collection} · {stem}" if rest else stem
+    return f"{name} (tune {int(tune) + 1})" if tune.isdigit() else name
+
+
+def _spread(items: list, n: int) -> list:
+    """Up to n items evenly spaced through the list (a varied, deterministic sample)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[i * len(items) // n] for i in range(n)]
+
+
+def load_corpus_pieces(genres: list[str], corpus_dir: str | None = None, per_genre: int = 24,
+                       prepare_missing: bool = True) -> tuple[list[CorpusPiece], str]:
+    """Corpus pieces for examples and similarity, up to `per_genre` for each of the model's genres (for each genre
+    of the corpus when it has none of them).
+
+    Reads the corpus manifest (the one training prepared); when there is none, converts a few pieces of the
+    collections of the model's genres (cached). Returns the pieces and a note on what happened.
+    """
+    try:
+        from music_hf.corpus import COLLECTION_GENRES, default_output_dir, load_manifest, prepare_corpus
+    except ImportError as e:  # the corpus module is optional for the app
+        return [], f"corpus unavailable ({e})"
+    corpus_dir = corpus_dir or os.environ.get("CORPUS_DIR") or default_output_dir()
+    try:
+        entries = load_manifest(corpus_dir).entries if Path(corpus_dir, "metadata.jsonl").is_file() else []
+        if not entries and prepare_missing:
+            wanted = [g for g in genres if g != UNKNOWN_GENRE]
+            collections = [c for c, g in COLLECTION_GENRES.items() if g in wanted] or ["bach", "essenFolksong",
+                                                                                      "ryansMammoth"]
+            by_genre: dict[str, list[str]] = {}
+            for c in collections:
+                by_genre.setdefault(COLLECTION_GENRES.get(c, "other"), []).append(c)
+            collections = [c for cs in by_genre.values() for c in cs[:2]]
+            logger.info("preparing corpus examples from %s in %s", collections, corpus_dir)
+            entries = prepare_corpus(corpus_dir, collections=collections, max_pieces_per_collection=6,
+                                     num_workers=min(2, os.cpu_count() or 1), progress=False).entries
+    except (OSError, ValueError, RuntimeError) as e:
+        logger.warning("no corpus examples: %s", e)
+        return [], f"corpus unavailable ({e})"
+    by_genre = {}
+    for e in sorted(entries, key=lambda e: e.source):
+        by_genre.setdefault(e.genre, []).append(e)
+    order = [g for g in genres if g in by_genre] or sorted(by_genre)  # the model's genres, if the corpus has them
+    pieces = [CorpusPiece(e.source, pretty_name(e.source), e.genre, e.path)
+              for g in order for e in _spread(by_genre[g], per_genre)]
+    return pieces, f"{len(pieces)} corpus pieces from {corpus_dir}"
+
+
+# ----- generation bookkeeping --------------------------------------------------------------------------
+
+class GenerationProgress(StoppingCriteria):
+    """Counts generated tokens for the progress bar, and stops generation when `cancel` is set."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.done = 0
+        self.cancel = threading.Event()
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        self.done += 1
+        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+@dataclass
+class Settings:
+    """What a visitor chose; `Studio.settings` validates and clamps the raw widget values."""
+
+    genre: str = UNKNOWN_GENRE
+    instruments: list[str] = field(default_factory=list)
+    tempo: float = 120.0
+    time_signature: str = "4/4"
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    variations: int = 1
+    constrained: bool = True
+
+    @property
+    def programs(self) -> list[int] | None:
+        return [GM_PROGRAM_NAMES.index(n) for n in self.instruments] or None
+
+
+@dataclass
+class Prompt:
+    """Token ids to continue (no BOS) and a line describing where they came from."""
+
+    ids: list[int]
+    label: str
+
+
+class Studio:
+    """A loaded model with its tokenizer, corpus examples and embedding index; every UI action is a method.
+
+    History (kept per visitor in `gr.State`) is a list of steps; a step is a dict with `label` and `pieces`,
+    each piece a dict with `ids` (BOS included), `prompt_bars`, `midi`, `image`, `audio` and `info`.
+    """
+
+    def __init__(self, model_id: str | None = None, corpus_dir: str | None = None, output_dir: str | None = None,
+                 examples_per_genre: int = 4, index_per_genre: int = 24, prepare_corpus: bool = True,
+                 cache_dir: str | None = None):
+        self.model_id = model_id or os.environ.get("MODEL_ID") or DEFAULT_MODEL
+        self.model, self.tokenizer = load_model(self.model_id)
+        config = self.model.config
+        self.genres = [config.id2genre[i] for i in sorted(config.id2genre)]
+        self.time_signatures = sorted(
+            (t.split("_", 1)[1] for t in self.tokenizer.get_vocab() if t.startswith("TimeSig_") and "|" not in t),
+            key=lambda ts: (int(ts.split("/")[1]), int(ts.split("/")[0])))
+        self.max_context = int(config.max_position_embeddings)
+        self.max_new_tokens = max(32, min(MAX_NEW_TOKENS, self.max_context - 16)) \
+            if config.position_embedding_type == "learned" else MAX_NEW_TOKENS
+        self.output_root = Path(output_dir or Path(tempfile.gettempdir()) / "music_hf_space")
+        self.output_root.mkdir(parents=True, exist_ok=True)
+        self.cache_dir = Path(cache_dir or os.environ.get("MUSIC_HF_CACHE") or Path.home() / ".cache" / "music_hf")
+        self.corpus, self.corpus_note = load_corpus_pieces(self.genres, corpus_dir, index_per_genre, prepare_corpus)
+        counts: dict[str, int] = {}
+        self.examples = []
+        for piece in self.corpus:
+            counts[piece.genre] = counts.get(piece.genre, 0) + 1
+            if counts[piece.genre] <= examples_per_genre:
+                self.examples.append(piece)
+        self.audio_ok, self.audio_note = audio_available()
+        self._embeddings: torch.Tensor | None = None
+        self._embedding_lock = threading.Lock()
+        self._model_lock = threading.Lock()  # generation and embedding never run at the same time
+
+    # ----- describing the model ---------------------------------------------------------------------
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def summary(self) -> str:
+        genres = ", ".join(g for g in self.genres if g != UNKNOWN_GENRE) or "none"
+        name = self.model_id if len(self.model_id) < 60 else "…" + self.model_id[-57:]
+        return (f"**Model** `{name}` · {self.num_parameters / 1e6:.1f} M parameters · "
+                f"{len(self.tokenizer)} tokens · context {self.max_context} · genres: {genres}")
+
+    # ----- validating inputs -------------------------------------------------------------------------
+    def settings(self, genre: str | None = None, instruments: list[str] | None = None, tempo: float = 120,
+                 time_signature: str | None = "4/4", max_new_tokens: int = 256, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int | None = 0, variations: int = 1,
+                 constrained: bool = True) -> Settings:
+        """Raw widget values -> Settings; out-of-range values are clamped, unknown names refused."""
+        genre = genre or UNKNOWN_GENRE
+        if genre not in self.genres:
+            raise user_error(f"Unknown genre {genre!r}; this model knows {', '.join(self.genres)}.")
+        instruments = list(instruments or [])
+        unknown = [n for n in instruments if n not in GM_PROGRAM_NAMES]
+        if unknown:
+            raise user_error(f"Unknown instrument(s): {', '.join(unknown)}.")
+        time_signature = time_signature or "4/4"
+        if time_signature not in self.time_signatures:
+            raise user_error(f"Time signature {time_signature} is not in the tokenizer's vocabulary "
+                           f"({', '.join(self.time_signatures)}).")
+        seed = -1 if seed is None else int(seed)
+        return Settings(
+            genre=genre, instruments=instruments, tempo=float(min(max(tempo or 120, 20), 300)),
+            time_signature=time_signature,
+            max_new_tokens=int(min(max(int(max_new_tokens or 1), 1), self.max_new_tokens)),
+            temperature=float(min(max(temperature or 1.0, 0.05), 3.0)), top_k=int(max(top_k or 0, 0)),
+            top_p=float(min(max(top_p or 1.0, 0.05), 1.0)),
+            seed=seed if seed >= 0 else secrets.randbelow(2**31),
+            variations=int(min(max(int(variations or 1), 1), MAX_VARIATIONS)), constrained=bool(constrained))
+
+    def read_upload(self, upload: str | os.PathLike | None) -> list[int]:
+        """Token ids of an uploaded MIDI file; a readable `gr.Error` for anything that is not usable music."""
+        if not upload:
+            raise user_error("Upload a MIDI file first (or choose another prompt).", title="No file")
+        path = Path(upload)
+        name = path.name
+        if not path.is_file():
+            raise user_error(f"The upload {name} is gone; please upload it again.", title="Upload lost")
+        size = path.stat().st_size
+        if size > MAX_UPLOAD_BYTES:
+            raise user_error(f"{name} is {size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES / 2**20:.0f} MB.",
+                           title="File too large")
+        if path.suffix and path.suffix.lower() not in MIDI_SUFFIXES:
+            raise user_error(f"{name} is not a MIDI file (expected .mid or .midi).", title="Not MIDI")
+        try:
+            return self.tokenizer.encode_score(path.read_bytes())
+        except MusicFileError as e:
+            raise user_error(f"Could not use {name}: {e.problem}.", title="Unreadable MIDI") from None
+
+    def read_prompt(self, source: str, upload: str | None = None, example: str | None = None,
+                    bars: int = 4) -> Prompt | None:
+        """The prompt the visitor picked: None for a new piece, else the first `bars` bars of the file/example."""
+        bars = int(min(max(int(bars or 1), 1), MAX_PROMPT_BARS))
+        if source == NEW or not source:
+            return None
+        if source == UPLOAD:
+            ids, label = self.read_upload(upload), Path(upload).name if upload else ""
+        elif source == EXAMPLE:
+            piece = next((p for p in self.examples + self.corpus if p.source == example), None)
+            if piece is None:
+                raise user_error("Choose a corpus example first.", title="No example")
+            try:
+                ids = self.tokenizer.encode_score(piece.path)
+            except MusicFileError as e:
+                raise user_error(f"Could not read the example {piece.name}: {e.problem}.") from None
+            label = piece.name
+        else:
+            raise user_error(f"Unknown prompt source {source!r}.")
+        kept = cut_bars(self.tokenizer, ids, bars)
+        if not any(self.tokenizer.music_attributes()["note_count"][i] for i in kept):
+            raise user_error(f"The first {bars} bar(s) of {label} hold no notes; keep more bars.", title="Empty prompt")
+        return Prompt(kept, f"{label} (first {self._bars(kept)} bars)")
+
+    def _bars(self, ids: list[int]) -> int:
+        bar_count = self.tokenizer.music_attributes()["bar_count"]
+        return sum(bar_count[i] for i in ids)
+
+    def _has_notes(self, ids: list[int]) -> bool:
+        note_count = self.tokenizer.music_attributes()["note_count"]
+        return any(note_count[i] for i in ids)
+
+    # ----- generating --------------------------------------------------------------------------------
+    def generate(self, history: list[dict] | None, source: str = NEW, upload: str | None = None,
+                 example: str | None = None, bars: int = 4, settings: Settings | None = None,
+                 progress: GenerationProgress | None = None, notify: Any = None) -> list[dict]:
+        """Generate variations from the chosen prompt; returns the history with the new step appended."""
+        settings = settings or self.settings()
+        prompt = self.read_prompt(source, upload, example, bars)
+        if prompt is None:
+            start = prompt_ids(self.tokenizer, None, time_signature=settings.time_signature, tempo=settings.tempo)[1:]
+            label = f"New piece in {settings.time_signature} at {settings.tempo:.0f} BPM"
+        else:
+            start, label = prompt.ids, f"From {prompt.label}"
+        return list(history or []) + [self._step(start, label, settings, progress, notify)]
+
+    def continue_piece(self, history: list[dict] | None, variation: int = 1, settings: Settings | None = None,
+                       progress: GenerationProgress | None = None, notify: Any = None) -> list[dict]:
+        """Continue one variation of the last step (the whole piece is the prompt)."""
+        piece = self.current_piece(history, variation)
+        settings = settings or self.settings()
+        label = f"Continued variation {variation} of step {len(history)}"
+        return list(history) + [self._step(piece["ids"][1:], label, settings, progress, notify)]
+
+    def undo(self, history: list[dict] | None) -> list[dict]:
+        """The history without its last step."""
+        if not history:
+            raise user_error("Nothing to undo.", title="Undo")
+        return list(history[:-1])
+
+    def current_piece(self, history: list[dict] | None, variation: int = 1) -> dict:
+        if not history:
+            raise user_error("Generate something first.", title="No piece yet")
+        pieces = history[-1]["pieces"]
+        variation = int(variation or 1)
+        if not 1 <= variation <= len(pieces):
+            raise user_error(f"There is no variation {variation} (the last step has {len(pieces)}).")
+        return pieces[variation - 1]
+
+    def _step(self, start: list[int], label: str, settings: Settings, progress: GenerationProgress | None,
+              notify: Any) -> dict:
+        """Run the model on `start` (ids without BOS), then decode, draw and render each variation."""
+        tokenizer = self.tokenizer
+        progress = progress or GenerationProgress(settings.max_new_tokens)
+        t0 = time.perf_counter()
+        with self._model_lock:
+            pieces = generate_music(
+                self.model, tokenizer, prompt=start, genre=settings.genre, max_new_tokens=settings.max_new_tokens,
+                constrained=settings.constrained, programs=settings.programs if settings.constrained else None,
+                temperature=settings.temperature, top_k=settings.top_k or None,
+                top_p=settings.top_p if settings.top_p < 1.0 else None, num_return_sequences=settings.variations,
+                seed=settings.seed, max_time=GENERATION_TIMEOUT_S,
+                stopping_criteria=StoppingCriteriaList([progress]))
+        elapsed = time.perf_counter() - t0
+        prompt_bars = self._bars(start) if self._has_notes(start) else 0
+        stopped = ("stopped by request" if progress.cancel.is_set() else
+                   f"stopped at the {GENERATION_TIMEOUT_S:.0f} s time limit" if elapsed >= GENERATION_TIMEOUT_S
+                   else "")
+        self._clean_old_outputs()
+        folder = self.output_root / uuid.uuid4().hex[:12]
+        folder.mkdir(parents=True)
+        out = []
+        slug = re.sub(r"[^a-z0-9]+", "-", settings.genre.lower()).strip("-")
+        slug = "piece" if slug in ("", UNKNOWN_GENRE) else slug
+        for n, piece in enumerate(pieces, 1):
+            if notify:
+                notify(n, len(pieces))
+            new_ids = piece.ids[piece.prompt_length:]
+            ids = [tokenizer.bos_token_id] + list(start) + new_ids  # the whole piece, even past the context
+            score = tokenizer.decode_midi(ids)
+            midi = folder / f"{slug}-{n}.mid"
+            score.dump_midi(str(midi))
+            genre = "any genre" if settings.genre == UNKNOWN_GENRE else settings.genre
+            prompt_end = bar_end_tick(score, prompt_bars) if prompt_bars else None
+            image = piano_roll(score, prompt_end_tick=prompt_end, path=folder / f"roll_{n}.png",
+                               title=f"Variation {n} · {genre}")
+            audio = render_audio(score, folder / f"audio_{n}.wav") if self.audio_ok else None
+            seconds = score.to("second").end() if score.note_num() else 0.0
+            valid = 1.0 - tokenizer.grammar_errors(ids)
+            info = (f"**Variation {n}** · {score.note_num()} notes · {seconds:.0f} s · {len(new_ids)} new tokens · "
+                    f"{valid:.0%} well-formed tokens · seed {settings.seed}")
+            out.append({"ids": ids, "prompt_bars": prompt_bars, "midi": str(midi), "image": image, "audio": audio,
+                        "info": info, "notes": score.note_num()})
+        instruments = describe_instruments(settings.programs) if settings.programs else "any instrument"
+        summary = (f"{label} · {settings.genre if settings.genre != UNKNOWN_GENRE else 'any genre'} · "
+                   f"{instruments} · T={settings.temperature:g}")
+        return {"label": summary, "pieces": out, "seconds": elapsed, "stopped": stopped,
+                "tokens": settings.max_new_tokens}
+
+    def _clean_old_outputs(self, max_age_s: float = 6 * 3600) -> None:
+        """Delete generated files older than `max_age_s` (a Space runs for days)."""
+        now = time.time()
+        for folder in self.output_root.iterdir():
+            try:
+                if folder.is_dir() and now - folder.stat().st_mtime > max_age_s:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except OSError:
+                pass
+
+    # ----- similarity --------------------------------------------------------------------------------
+    def _embed(self, ids: list[int]) -> torch.Tensor:
+        ids = ids[: self.max_context]
+        input_ids = torch.tensor([ids], device=self.model.device)
+        with torch.no_grad():
+            return self.model.embed_piece(input_ids)[0].float().cpu()  # genre "unknown": similarity of content
+
+    def _index_cache_path(self) -> Path:
+        """Where the corpus embeddings of this model and corpus are stored (key: model files and pieces)."""
+        h = hashlib.sha1()
+        h.update(str(resolve_model_id(self.model_id)).encode())
+        h.update(str(getattr(self.model.config, "_commit_hash", "")).encode())
+        folder = Path(resolve_model_id(self.model_id))
+        weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) if folder.is_dir() else []
+        for f in weights:
+            h.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
+        for p in self.corpus:
+            h.update(f"{p.source}:{p.path}".encode())
+        return self.cache_dir / "space" / f"embeddings-{h.hexdigest()[:16]}.pt"
+
+    def corpus_embeddings(self) -> torch.Tensor:
+        """(pieces, hidden) L2-normalized embeddings of the corpus pieces: computed once, cached on disk."""
+        with self._embedding_lock:
+            if self._embeddings is not None:
+                return self._embeddings
+            cache = self._index_cache_path()
+            if cache.is_file():
+                try:
+                    emb = torch.load(cache, map_location="cpu", weights_only=True)
+                    if emb.shape[0] == len(self.corpus):
+                        self._embeddings = emb
+                        return emb
+                except (OSError, RuntimeError) as e:
+                    logger.warning("ignoring embedding cache %s: %s", cache, e)
+            rows = []
+            for piece in self.corpus:
+                try:
+                    ids = [self.tokenizer.bos_token_id] + self.tokenizer.encode_score(piece.path)
+                    with self._model_lock:
+                        rows.append(self._embed(ids))
+                except MusicFileError as e:  # keep the row so indices match; it never ranks first
+                    logger.warning("not indexed: %s", e)
+                    rows.append(torch.zeros(self.model.config.hidden_size))
+            emb = torch.stack(rows) if rows else torch.zeros(0, self.model.config.hidden_size)
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(emb, cache)
+            except OSError as e:
+                logger.warning("could not cache embeddings at %s: %s", cache, e)
+            self._embeddings = emb
+            return emb
+
+    def similar(self, ids: list[int], k: int = 5) -> list[list]:
+        """Rows [rank, piece, genre, cosine similarity] of the `k` corpus pieces nearest to `ids`."""
+        if not self.corpus:
+            raise user_error(f"No corpus pieces to compare with ({self.corpus_note}).", title="Find similar")
+        index = self.corpus_embeddings()
+        with self._model_lock:
+            query = self._embed(ids)
+        sims = index @ query
+        order = torch.argsort(sims, descending=True)[:k].tolist()
+        return [[rank, self.corpus[i].name, self.corpus[i].genre, round(float(sims[i]), 3)]
+                for rank, i in enumerate(order, 1)]
+
+    def find_similar(self, history: list[dict] | None, variation: int = 1, k: int = 5) -> list[list]:
+        """Nearest corpus pieces to a variation of the last step."""
+        return self.similar(self.current_piece(history, variation)["ids"], k)
+
+    def warm_up(self) -> None:
+        """Compute the similarity index now (called in a background thread at launch)."""
+        try:
+            if self.corpus:
+                self.corpus_embeddings()
+        except Exception:  # noqa: BLE001 - a failed warm-up is retried on the first click
+            logger.exception("embedding warm-up failed")
+
+    # ----- preview -----------------------------------------------------------------------------------
+    def preview(self, source: str, upload: str | None, example: str | None, bars: int) -> tuple[str | None, str]:
+        """Piano roll of the prompt as it will be used, and a line describing it."""
+        prompt = self.read_prompt(source, upload, example, bars)
+        if prompt is None:
+            return None, "Starting from an empty first bar (time signature and tempo below)."
+        score = self.tokenizer.decode_midi(prompt.ids)
+        folder = self.output_root / "previews"
+        folder.mkdir(parents=True, exist_ok=True)
+        image = piano_roll(score, path=folder / f"{uuid.uuid4().hex[:12]}.png", title=f"Prompt: {prompt.label}",
+                           height=300)
+        return image, f"Prompt: **{prompt.label}**, {score.note_num()} notes, {len(prompt.ids)} tokens."
+
+
+# ----- the page -------------------------------------------------------------------------------------------
+
+CSS = """
+.header h1 {margin-bottom: 0.1em;}
+.header p {margin-top: 0; opacity: 0.85;}
+.variation {border-radius: 12px;}
+.status {min-height: 2.2em;}
+"""
+
+
+def _theme() -> gr.themes.Base:
+    fonts = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
+    return gr.themes.Soft(primary_hue="indigo", secondary_hue="sky", neutral_hue="slate", font=fonts)
+
+
+def build_unavailable_demo(message: str) -> gr.Blocks:
+    """A page that explains why there is no model and what to run."""
+    with gr.Blocks(title="music-hf Studio", analytics_enabled=False) as demo:
+        gr.Markdown("# 🎼 music-hf Studio\n\n### The model is not available\n\n" + message)
+    return demo
+
+
+def build_demo(studio: Studio) -> gr.Blocks:
+    """Lay out the page and connect each control to a `Studio` method."""
+    genre_choices = [("any (unconditioned)" if g == UNKNOWN_GENRE else g, g) for g in studio.genres]
+    source_choices = [(SOURCE_LABELS[s], s) for s in (NEW, UPLOAD, EXAMPLE) if s != EXAMPLE or studio.examples]
+    example_choices = [(f"{p.name} — {p.genre}", p.source) for p in studio.examples]
+    audio_line = ("" if studio.audio_ok else f"<br>🔇 Audio preview is unavailable here: {studio.audio_note}. "
+                  "Piano rolls and MIDI downloads work.")
+
+    with gr.Blocks(title="music-hf Studio", analytics_enabled=False, delete_cache=(3600, 6 * 3600)) as demo:
+        history = gr.State([])
+        gr.Markdown(
+            "# 🎼 music-hf Studio\nCompose with a music transformer: start from nothing, your own MIDI or a piece "
+            "from the corpus; pick a genre and instruments; listen, download, continue, undo, and find the "
+            f"corpus pieces that sound alike.<br>{studio.summary()}{audio_line}", elem_classes="header")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=320):
+                with gr.Group():
+                    source = gr.Radio(source_choices, value=NEW, label="Start from")
+                    upload = gr.File(label=f"MIDI file (up to {MAX_UPLOAD_BYTES / 2**20:.0f} MB)",
+                                     file_types=list(MIDI_SUFFIXES), type="filepath", height=110)
+                    example = gr.Dropdown(example_choices, value=None, label="Corpus example",
+                                          visible=bool(example_choices),
+                                          info=f"{len(example_choices)} pieces of the corpus, by genre")
+                    bars = gr.Slider(1, MAX_PROMPT_BARS, value=4, step=1, label="Bars of the prompt to keep")
+                with gr.Group():
+                    genre = gr.Dropdown(genre_choices, value=genre_choices[min(1, len(genre_choices) - 1)][1],
+                                        label="Genre")
+                    instruments = gr.Dropdown(GM_PROGRAM_NAMES, value=[], multiselect=True, label="Instruments",
+                                              info="Empty: the model chooses. Needs the grammar constraint.")
+                    with gr.Row():
+                        tempo = gr.Slider(40, 250, value=120, step=1, label="Tempo (BPM, new pieces)")
+                        time_signature = gr.Dropdown(studio.time_signatures, value="4/4" if "4/4" in
+                                                     studio.time_signatures else studio.time_signatures[0],
+                                                     label="Time signature (new pieces)")
+                    length = gr.Slider(32, studio.max_new_tokens, value=min(384, studio.max_new_tokens), step=16,
+                                       label="Length (new tokens)")
+                with gr.Accordion("Sampling", open=False):
+                    with gr.Row():
+                        temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature")
+                        top_k = gr.Slider(0, 200, value=0, step=1, label="Top-k (0 = off)")
+                    with gr.Row():
+                        top_p = gr.Slider(0.1, 1.0, value=0.95, step=0.01, label="Top-p")
+                        seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+                    with gr.Row():
+                        variations = gr.Slider(1, MAX_VARIATIONS, value=2, step=1, label="Variations")
+                        constrained = gr.Checkbox(value=True, label="Grammar-constrained decoding")
+                with gr.Row():
+                    generate_btn = gr.Button("🎵 Generate", variant="primary", scale=2)
+                    stop_btn = gr.Button("Stop", variant="stop", scale=1)
+                preview_image = gr.Image(label="Prompt preview", show_label=False, type="filepath",
+                                         interactive=False, visible=False, buttons=["fullscreen"])
+                preview_text = gr.Markdown("Starting from an empty first bar (time signature and tempo below).")
+
+            with gr.Column(scale=3, min_width=420):
+                status = gr.Markdown("Choose a prompt and press **Generate**.", elem_classes="status")
+                with gr.Row(equal_height=True, elem_classes="actions"):
+                    variation = gr.Radio(["1"], value="1", label="Variation", scale=2, min_width=160)
+                    continue_btn = gr.Button("➕ Continue", interactive=False, scale=1, min_width=100)
+                    undo_btn = gr.Button("↩ Undo", interactive=False, scale=1, min_width=100)
+                    similar_btn = gr.Button("🔎 Find similar", interactive=False, scale=1, min_width=120)
+                similar_table = gr.Dataframe(headers=["#", "Corpus piece", "Genre", "Similarity"],
+                                             datatype=["number", "str", "str", "number"], interactive=False,
+                                             visible=False, label="Nearest corpus pieces (cosine of embeddings)")
+                slots = []
+                for i in range(MAX_VARIATIONS):
+                    with gr.Column(visible=False, elem_classes="variation") as box:
+                        info = gr.Markdown()
+                        image = gr.Image(type="filepath", interactive=False, show_label=False,
+                                         buttons=["download", "fullscreen"])
+                        with gr.Row():
+                            audio = gr.Audio(type="filepath", interactive=False, label=f"Listen {i + 1}",
+                                             visible=studio.audio_ok, scale=3, buttons=["download"])
+                            midi = gr.File(label=f"MIDI {i + 1}", interactive=False, scale=2, height=90)
+                    slots.append((box, info, image, audio, midi))
+                timeline = gr.Markdown("")
+
+        settings_inputs = [genre, instruments, tempo, time_signature, length, temperature, top_k, top_p, seed,
+                           variations, constrained]
+        slot_outputs = [c for slot in slots for c in slot]
+        outputs = [history, status, timeline, variation, continue_btn, undo_btn, similar_btn, similar_table,
+                   *slot_outputs]
+
+        def show(hist: list[dict], message: str) -> list:
+            """Component values for a history: the last step's variations, the timeline, the buttons."""
+            step = hist[-1] if hist else None
+            pieces = step["pieces"] if step else []
+            values: list = [hist, message]
+            lines = [f"{n}. {s['label']}" for n, s in enumerate(hist, 1)]
+            values.append("**History** (Undo goes back one step)\n\n" + "\n".join(lines) if lines else "")
+            choices = [str(n) for n in range(1, max(len(pieces), 1) + 1)]
+            values.append(gr.Radio(choices=choices, value="1"))
+            values += [gr.Button(interactive=bool(step)), gr.Button(interactive=bool(hist)),
+                       gr.Button(interactive=bool(step) and bool(studio.corpus)), gr.Dataframe(visible=False)]
+            for i in range(MAX_VARIATIONS):
+                if i < len(pieces):
+                    p = pieces[i]
+                    values += [gr.Column(visible=True), p["info"], p["image"], p["audio"], p["midi"]]
+                else:
+                    values += [gr.Column(visible=False), "", None, None, None]
+            return values
+
+        def run(work, settings: Settings, progress: gr.Progress):
+            """Run `work(progress_criteria, notify)` in a thread; yield progress until it returns a history."""
+            tracker = GenerationProgress(settings.max_new_tokens)
+            phase = {"render": None}
+            result: dict = {}
+
+            def target() -> None:
+                try:
+                    result["history"] = work(tracker, lambda n, total: phase.update(render=(n, total)))
+                except BaseException as e:  # noqa: BLE001 - handed to the event loop below
+                    result["error"] = e
+
+            thread = threading.Thread(target=target, daemon=True)
+            t0 = time.perf_counter()
+            thread.start()
+            try:
+                while thread.is_alive():
+                    thread.join(0.4)
+                    if phase["render"]:
+                        n, total = phase["render"]
+                        progress((n - 1, total), desc=f"Drawing and rendering variation {n} of {total}",
+                                 unit="variations")
+                    else:
+                        progress((tracker.done, settings.max_new_tokens),
+                                 desc=f"Generating · {time.perf_counter() - t0:.0f} s", unit="tokens")
+            finally:
+                tracker.cancel.set()  # the visitor left or pressed Stop: stop the model too
+            if "error" in result:
+                error = result["error"]
+                if isinstance(error, gr.Error):
+                    raise error
+                logger.error("generation failed", exc_info=error)
+                raise gr.Error(f"Generation failed: {type(error).__name__}: {error}")
+            hist = result["history"]
+            step = hist[-1]
+            n = len(step["pieces"])
+            message = (f"✅ {n} variation{'s' if n > 1 else ''} in {step['seconds']:.1f} s "
+                       f"(up to {step['tokens']} new tokens each).")
+            if step["stopped"]:
+                message += f" ⚠️ Generation {step['stopped']}; the music is cut there."
+            yield show(hist, message)
+
+        def on_generate(hist, prompt_source, midi_file, corpus_example, prompt_bars, genre, instruments, tempo,
+                        time_signature, length, temperature, top_k, top_p, seed, variations, constrained,
+                        progress=gr.Progress()):
+            settings = studio.settings(genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
+                                       seed, variations, constrained)
+            prompt = (prompt_source, midi_file, corpus_example, prompt_bars)
+            studio.read_prompt(*prompt)  # fail fast on a bad upload, before the thread starts
+            yield from run(lambda tracker, notify: studio.generate(hist, *prompt, settings, tracker, notify),
+                           settings, progress)
+
+        def on_continue(hist, variation, genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
+                        seed, variations, constrained, progress=gr.Progress()):
+            settings = studio.settings(genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
+                                       seed, variations, constrained)
+            studio.current_piece(hist, int(variation or 1))
+            yield from run(lambda tracker, notify: studio.continue_piece(hist, int(variation or 1), settings,
+                                                                         tracker, notify), settings, progress)
+
+        def on_undo(hist):
+            hist = studio.undo(hist)
+            return show(hist, "↩ Back one step." if hist else "↩ Back to the start.")
+
+        def on_similar(hist, variation):
+            rows = studio.find_similar(hist, int(variation or 1))
+            return gr.Dataframe(value=rows, visible=True)
+
+        def on_preview(src, up, ex, nbars):
+            if (src == UPLOAD and not up) or (src == EXAMPLE and not ex):
+                return gr.Image(value=None, visible=False), ("Upload a MIDI file." if src == UPLOAD else
+                                                             "Choose a corpus example.")
+            image, text = studio.preview(src, up, ex, nbars)
+            return gr.Image(value=image, visible=image is not None), text
+
+        def on_upload(src, up, ex, nbars):
+            src = UPLOAD if up else src
+            return src, *on_preview(src, up, ex, nbars)
+
+        def on_example(src, up, ex, nbars):
+            src = EXAMPLE if ex else src
+            return src, *on_preview(src, up, ex, nbars)
+
+        gen_event = generate_btn.click(on_generate, [history, source, upload, example, bars, *settings_inputs],
+                                       outputs, api_name="generate", concurrency_id="model")
+        cont_event = continue_btn.click(on_continue, [history, variation, *settings_inputs], outputs,
+                                        api_name="continue", concurrency_id="model")
+        stop_btn.click(None, None, None, cancels=[gen_event, cont_event])
+        undo_btn.click(on_undo, [history], outputs, api_name="undo")
+        similar_btn.click(on_similar, [history, variation], [similar_table], api_name="find_similar",
+                          concurrency_id="model")
+        preview_inputs = [source, upload, example, bars]
+        preview_outputs = [preview_image, preview_text]
+        source.input(on_preview, preview_inputs, preview_outputs, api_name=False, show_progress="hidden")
+        bars.release(on_preview, preview_inputs, preview_outputs, api_name=False, show_progress="hidden")
+        upload.change(on_upload, preview_inputs, [source, *preview_outputs], api_name=False, show_progress="hidden")
+        example.change(on_example, preview_inputs, [source, *preview_outputs], api_name=False,
+                       show_progress="hidden")
+    return demo
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        studio = Studio()
+    except ModelUnavailable as e:
+        logger.error("%s", e)
+        demo = build_unavailable_demo(str(e))
+        allowed = []
+    else:
+        logger.info("%s | %s | audio: %s", studio.summary(), studio.corpus_note, studio.audio_note)
+        demo = build_demo(studio)
+        threading.Thread(target=studio.warm_up, name="embedding-warm-up", daemon=True).start()
+        allowed = [str(studio.output_root)]
+    demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+    demo.launch(max_file_size=MAX_UPLOAD_BYTES, allowed_paths=allowed, theme=_theme(), css=CSS,
+                footer_links=["api"])
+
+
+if __name__ == "__main__":
+    main()
