@@ -116,7 +116,7 @@ SOURCE_EXTENSIONS: tuple[str, ...] = (".mxl", ".musicxml", ".xml", ".krn", ".abc
 
 MANIFEST_NAME = "metadata.jsonl"
 FAILURES_NAME = "failures.jsonl"
-DEFAULT_TIMEOUT = 300.0
+DEFAULT_TIMEOUT = 600.0
 _ABC_CHUNK = 64  # tunes per worker task
 _SKIP_DIRS = {"__pycache__", "_metadataCache"}
 
@@ -530,12 +530,36 @@ def _music21_to_midi(
             os.makedirs(os.path.dirname(target), exist_ok=True)
             tmp = _tmp_path(target)
             try:
-                work.write("midi", fp=tmp)
+                try:
+                    work.write("midi", fp=tmp)
+                except Exception as exc:  # noqa: BLE001
+                    if type(exc).__name__ != "ExpanderException":
+                        raise
+                    # music21 expands repeats for MIDI and gives up on inconsistent
+                    # repeat marks: play the score straight through instead
+                    _strip_repeats(work)
+                    work.write("midi", fp=tmp)
                 os.replace(tmp, target)
             finally:
                 _remove_quietly(tmp)
             written.append(target)
     return written
+
+
+def _strip_repeats(score) -> None:
+    """Remove repeat barlines, volta brackets and D.C./segno marks from a music21 stream."""
+    from music21 import bar, repeat, spanner, stream
+
+    for measure in score.recurse().getElementsByClass(stream.Measure):
+        if isinstance(measure.leftBarline, bar.Repeat):
+            measure.leftBarline = None
+        if isinstance(measure.rightBarline, bar.Repeat):
+            measure.rightBarline = bar.Barline("regular")
+    doomed = list(score.recurse().getElementsByClass((repeat.RepeatExpression, spanner.RepeatBracket)))
+    for el in doomed:
+        site = el.activeSite
+        if site is not None:
+            site.remove(el)
 
 
 def _midi_note_count(path: str) -> int:

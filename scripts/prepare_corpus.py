@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_pieces_per_collection", type=int, default=None,
                    help="keep only the first N pieces (sorted) of each collection")
     p.add_argument("--num_workers", type=int, default=None, help="worker processes (default: CPU count)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per piece")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per piece")
     p.add_argument("--retry_failed", action="store_true", help="try pieces that failed before again")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     p.add_argument("--max_failures_shown", type=int, default=10)

@@ -191,6 +191,26 @@ def test_garbage_inputs_are_failures_not_errors(tmp_path, capfd):
     assert "Error in line" not in capfd.readouterr().out
 
 
+def test_badly_formed_repeats_are_played_straight(tmp_path):
+    """music21 refuses to expand incoherent repeats for MIDI; we fall back to no repeats."""
+    from music21 import bar, note, stream
+
+    part = stream.Part()
+    for i in range(4):
+        m = stream.Measure(number=i + 1)
+        m.append(note.Note(60 + i, type="whole"))
+        part.append(m)
+    part.getElementsByClass(stream.Measure)[1].leftBarline = bar.Repeat(direction="start")  # never closed
+    score = stream.Score()
+    score.insert(0, part)
+    src = tmp_path / "classical" / "bad_repeats.musicxml"
+    src.parent.mkdir()
+    score.write("musicxml", fp=str(src))
+    entries, failed = convert_piece(str(src), str(tmp_path / "out"))
+    assert failed == []
+    assert [n.pitch for n in symusic.Score(entries[0].path).tracks[0].notes] == [60, 61, 62, 63]
+
+
 def test_prepare_survives_bad_files(tmp_path):
     """A collection mixing good and broken files converts the good ones, counts the rest."""
     corpus = tmp_path / "corpus"
