@@ -34,6 +34,7 @@ if (REPO_ROOT / "music_hf" / "__init__.py").is_file() and str(REPO_ROOT) not in 
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList  # noqa: E402
 
 import music_hf  # noqa: E402,F401  (registers the Auto classes)
@@ -482,12 +483,18 @@ class Studio:
             return emb
 
     def similar(self, ids: list[int], k: int = 5) -> list[list]:
-        """Rows [rank, piece, genre, cosine similarity] of the `k` corpus pieces nearest to `ids`."""
+        """Rows [rank, piece, genre, cosine similarity] of the `k` corpus pieces nearest to `ids`.
+
+        Embeddings are centred on the corpus mean first: mean-pooled hidden states share a large common
+        direction, which would put every cosine near 1 and hide the differences between pieces."""
         if not self.corpus:
             raise user_error(f"No corpus pieces to compare with ({self.corpus_note}).", title="Find similar")
         index = self.corpus_embeddings()
         with self._model_lock:
             query = self._embed(ids)
+        if len(index) >= 3:
+            mean = index.mean(0)
+            index, query = F.normalize(index - mean, dim=-1), F.normalize(query - mean, dim=0)
         sims = index @ query
         order = torch.argsort(sims, descending=True)[:k].tolist()
         return [[rank, self.corpus[i].name, self.corpus[i].genre, round(float(sims[i]), 3)]
@@ -603,7 +610,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     similar_btn = gr.Button("🔎 Find similar", interactive=False, scale=1, min_width=120)
                 similar_table = gr.Dataframe(headers=["#", "Corpus piece", "Genre", "Similarity"],
                                              datatype=["number", "str", "str", "number"], interactive=False,
-                                             visible=False, label="Nearest corpus pieces (cosine of embeddings)")
+                                             visible=False,
+                                             label="Nearest corpus pieces (cosine of the model's piece embeddings)")
                 slots = []
                 for i in range(MAX_VARIATIONS):
                     with gr.Column(visible=False, elem_classes="variation") as box:
@@ -642,8 +650,13 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     values += [gr.Column(visible=False), "", None, None, None]
             return values
 
-        def run(work, settings: Settings, progress: gr.Progress):
-            """Run `work(progress_criteria, notify)` in a thread; yield progress until it returns a history."""
+        def progress_line(done: int, total: int, text: str) -> str:
+            filled = round(12 * done / max(total, 1))
+            return f"⏳ `{'█' * filled}{'░' * (12 - filled)}` {text}"
+
+        def run(work, settings: Settings):
+            """Run `work(progress_criteria, notify)` in a thread; yield status lines until it returns a history
+            (the other outputs keep showing the previous result meanwhile)."""
             tracker = GenerationProgress(settings.max_new_tokens)
             phase = {"render": None}
             result: dict = {}
@@ -659,16 +672,21 @@ def build_demo(studio: Studio) -> gr.Blocks:
             thread.start()
             try:
                 while thread.is_alive():
-                    thread.join(0.4)
+                    thread.join(0.5)
+                    seconds = time.perf_counter() - t0
                     if phase["render"]:
                         n, total = phase["render"]
-                        progress((n - 1, total), desc=f"Drawing and rendering variation {n} of {total}",
-                                 unit="variations")
+                        line = progress_line(n - 1, total, f"drawing and rendering variation {n} of {total} · "
+                                                           f"{seconds:.0f} s")
                     else:
-                        progress((tracker.done, settings.max_new_tokens),
-                                 desc=f"Generating · {time.perf_counter() - t0:.0f} s", unit="tokens")
+                        line = progress_line(tracker.done, settings.max_new_tokens,
+                                             f"generating: {tracker.done} / {settings.max_new_tokens} tokens · "
+                                             f"{seconds:.0f} s")
+                    yield [gr.skip(), line] + [gr.skip()] * (len(outputs) - 2)
             finally:
-                tracker.cancel.set()  # the visitor left or pressed Stop: stop the model too
+                if thread.is_alive():  # the visitor left or pressed Stop: stop the model too
+                    logger.info("generation cancelled after %d tokens", tracker.done)
+                tracker.cancel.set()
             if "error" in result:
                 error = result["error"]
                 if isinstance(error, gr.Error):
@@ -685,22 +703,21 @@ def build_demo(studio: Studio) -> gr.Blocks:
             yield show(hist, message)
 
         def on_generate(hist, prompt_source, midi_file, corpus_example, prompt_bars, genre, instruments, tempo,
-                        time_signature, length, temperature, top_k, top_p, seed, variations, constrained,
-                        progress=gr.Progress()):
+                        time_signature, length, temperature, top_k, top_p, seed, variations, constrained):
             settings = studio.settings(genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
                                        seed, variations, constrained)
             prompt = (prompt_source, midi_file, corpus_example, prompt_bars)
             studio.read_prompt(*prompt)  # fail fast on a bad upload, before the thread starts
             yield from run(lambda tracker, notify: studio.generate(hist, *prompt, settings, tracker, notify),
-                           settings, progress)
+                           settings)
 
         def on_continue(hist, variation, genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
-                        seed, variations, constrained, progress=gr.Progress()):
+                        seed, variations, constrained):
             settings = studio.settings(genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
                                        seed, variations, constrained)
             studio.current_piece(hist, int(variation or 1))
             yield from run(lambda tracker, notify: studio.continue_piece(hist, int(variation or 1), settings,
-                                                                         tracker, notify), settings, progress)
+                                                                         tracker, notify), settings)
 
         def on_undo(hist):
             hist = studio.undo(hist)
@@ -726,10 +743,11 @@ def build_demo(studio: Studio) -> gr.Blocks:
             return src, *on_preview(src, up, ex, nbars)
 
         gen_event = generate_btn.click(on_generate, [history, source, upload, example, bars, *settings_inputs],
-                                       outputs, api_name="generate", concurrency_id="model")
+                                       outputs, api_name="generate", concurrency_id="model", show_progress="minimal")
         cont_event = continue_btn.click(on_continue, [history, variation, *settings_inputs], outputs,
-                                        api_name="continue", concurrency_id="model")
-        stop_btn.click(None, None, None, cancels=[gen_event, cont_event])
+                                        api_name="continue", concurrency_id="model", show_progress="minimal")
+        stop_btn.click(lambda: "⏹ Stopped. The previous result, if any, is still below.", None, status,
+                       cancels=[gen_event, cont_event], queue=False, api_name=False)
         undo_btn.click(on_undo, [history], outputs, api_name="undo")
         similar_btn.click(on_similar, [history, variation], [similar_table], api_name="find_similar",
                           concurrency_id="model")
