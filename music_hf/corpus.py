@@ -41,6 +41,8 @@ from typing import Iterable, Iterator, Sequence
 import symusic
 from tqdm.auto import tqdm
 
+from .tokenization_music import split_abc_tunes
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -268,8 +270,6 @@ def _score_files(corpus_dir: str, collection: str) -> list[str]:
 
 # --------------------------------------------------------------------------- ABC
 
-_X_LINE = re.compile(r"^X:", re.MULTILINE)
-_HEADER_FIELD = re.compile(r"^(%%|[A-Za-z]:)")
 
 
 def _read_text(path: str) -> str:
@@ -280,23 +280,6 @@ def _read_text(path: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return data.decode("latin-1")
-
-
-def split_abc_tunes(text: str) -> list[str]:
-    """Split ABC text into single tunes at lines starting with ``X:``.
-
-    Field/directive lines of the file header (before the first ``X:``) are prepended
-    to every tune, since they apply to all of them; comments are dropped.  Text
-    without any ``X:`` line is returned as one tune.
-    """
-    starts = [m.start() for m in _X_LINE.finditer(text)]
-    if not starts:
-        return [text] if text.strip() else []
-    header = "".join(
-        line + "\n" for line in text[: starts[0]].splitlines() if _HEADER_FIELD.match(line.strip())
-    )
-    bounds = starts + [len(text)]
-    return [header + text[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _abc_piece_count(path: str, collection: str) -> int:

@@ -35,6 +35,8 @@ TOKEN_KINDS = (
     "Program", "Tempo", "TimeSig", "Rest", "other",
 )
 SPECIAL_TOKENS = {"pad_token": "PAD_None", "bos_token": "BOS_None", "eos_token": "EOS_None", "mask_token": "MASK_None"}
+_X_LINE = re.compile(r"^X:", re.MULTILINE)
+_HEADER_FIELD = re.compile(r"^(%%|[A-Za-z]:)")
 BPE_JOINER = "|"  # a learned (BPE) token's string is its base tokens joined by this
 
 
@@ -88,11 +90,20 @@ def _quiet_stdout():
 
 
 def split_abc_tunes(text: str) -> list[str]:
-    """Split a multi-tune ABC text at its `X:` lines; the file header (before the first X:) goes with each tune."""
-    parts = re.split(r"(?m)^(?=X:)", text)
-    header = parts[0] if parts and not parts[0].startswith("X:") else ""
-    tunes = [p for p in parts if p.startswith("X:")]
-    return [header + t for t in tunes] if tunes else ([text] if text.strip() else [])
+    """Split ABC text into single tunes at lines starting with ``X:``.
+
+    Field/directive lines of the file header (before the first ``X:``) are prepended
+    to every tune, since they apply to all of them; comments are dropped.  Text
+    without any ``X:`` line is returned as one tune.
+    """
+    starts = [m.start() for m in _X_LINE.finditer(text)]
+    if not starts:
+        return [text] if text.strip() else []
+    header = "".join(
+        line + "\n" for line in text[: starts[0]].splitlines() if _HEADER_FIELD.match(line.strip())
+    )
+    bounds = starts + [len(text)]
+    return [header + text[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _score_from_abc(text: str, source: str) -> symusic.Score:
