@@ -45,8 +45,12 @@ class TrainState:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
 
 
+CHECKPOINT_DONE = "checkpoint_complete"  # written once every process has saved: a folder without it was cut short
+
+
 def checkpoints(output_dir: Path) -> list[Path]:
-    found = [p for p in (output_dir / "checkpoints").glob("step_*") if p.is_dir()]
+    """Complete checkpoints, oldest first (a run killed while saving leaves a folder that is skipped)."""
+    found = [p for p in (output_dir / "checkpoints").glob("step_*") if (p / CHECKPOINT_DONE).is_file()]
     return sorted(found, key=lambda p: int(re.sub(r"\D", "", p.name)))
 
 
@@ -79,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 len(train_windows))
 
     collator = train_collator(cfg, tokenizer)
-    sampler = EpochSampler(len(train_windows), cfg.seed)
+    sampler = EpochSampler(len(train_windows), cfg.seed, multiple_of=cfg.per_device_batch_size *
+                           accelerator.num_processes * cfg.gradient_accumulation_steps)
     train_loader = DataLoader(train_windows, batch_size=cfg.per_device_batch_size, sampler=sampler,
                               collate_fn=collator, drop_last=True,
                               # its own generator: creating an iterator then draws nothing from the global RNG,
@@ -121,8 +126,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     def save_checkpoint() -> None:
         path = out / "checkpoints" / f"step_{state.step}"
-        accelerator.save_state(str(path))
         if accelerator.is_main_process:
+            (path / CHECKPOINT_DONE).unlink(missing_ok=True)  # overwriting: incomplete until saved again
+        accelerator.save_state(str(path))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (path / CHECKPOINT_DONE).touch()
             for old in checkpoints(out)[: -cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
 
@@ -141,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         while True:
             loader = accelerator.skip_first_batches(train_loader, state.batch_in_epoch) \
                 if state.batch_in_epoch else train_loader
-            loader.set_epoch(state.epoch)  # accelerate passes it on to the EpochSampler at each iteration
+            loader.set_epoch(state.epoch)  # accelerate passes it on to the EpochSampler at each iteration...
+            sampler.set_epoch(state.epoch)  # ...except through skip_first_batches' wrapper with several processes
             collator.epoch = state.epoch
             for batch in loader:
                 state.batch_in_epoch += 1
