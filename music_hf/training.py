@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import math
 import os
+import types
 import typing
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -122,9 +123,9 @@ def _parse_value(text: str, annotation: Any) -> Any:
     """Turn a command-line string into the type a TrainConfig field declares."""
     if text.lower() in ("none", "null"):
         return None
-    hint = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing), {})  # noqa: S307
-    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-    target = args[0]
+    target = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing), {})  # noqa: S307
+    if typing.get_origin(target) in (typing.Union, types.UnionType):  # `int | None` -> int; list[str] stays a list
+        target = next(a for a in typing.get_args(target) if a is not type(None))
     if typing.get_origin(target) is list:
         return [s for s in text.split(",") if s]
     if target is bool:
@@ -225,19 +226,26 @@ def train_collator(cfg: TrainConfig, tokenizer: MusicTokenizer) -> MusicDataColl
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):
-    """A permutation per epoch from (seed, epoch): the same order in every run, resumable without RNG state."""
+    """A permutation per epoch from (seed, epoch): the same order in every run, resumable without RNG state.
 
-    def __init__(self, length: int, seed: int = 0):
+    `multiple_of` (the global batch: per-device batch x processes x accumulation steps) drops the tail of each
+    permutation, so every optimizer step takes whole batches of one epoch and no process repeats windows to even
+    out the last batch: any split of the global batch over processes and accumulation sees the same windows.
+    """
+
+    def __init__(self, length: int, seed: int = 0, multiple_of: int = 1):
         self.length, self.seed, self.epoch = length, seed, 0
+        self.num_samples = length - length % max(1, multiple_of)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.length).tolist())
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.length)
+        return iter(order[: self.num_samples].tolist())
 
     def __len__(self) -> int:
-        return self.length
+        return self.num_samples
 
 
 # ----- model ------------------------------------------------------------------------------------------
@@ -312,11 +320,13 @@ def evaluate(model: nn.Module, dataloader: Iterable[dict[str, torch.Tensor]], no
     """
     was_training = model.training
     model.eval()
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
     notes_table = None
     totals = torch.zeros(4, dtype=torch.float64)  # nll, tokens, correct, notes
     for i, batch in enumerate(dataloader):
         if max_batches is not None and i >= max_batches:
             break
+        batch = {k: v.to(device) for k, v in batch.items()}  # a plain (unprepared) loader yields CPU tensors
         logits = model(**{k: v for k, v in model_inputs(model, batch).items() if k != "labels"}).logits
         labels = batch["labels"][:, 1:]
         logits = logits[:, :-1].float()
