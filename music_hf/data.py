@@ -8,6 +8,7 @@ is never on both sides and the split does not depend on which other pieces are p
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -123,13 +124,22 @@ def pieces_from_hf_dataset(ds: datasets.Dataset, midi_column: str = "midi", genr
     return ds.map(convert, batched=True, with_indices=True, remove_columns=ds.column_names)
 
 
-def _cache_key(tokenizer: MusicTokenizer, sources: Sequence[str], extra: dict[str, Any]) -> str:
+def _cache_key(tokenizer: MusicTokenizer, pieces: datasets.Dataset, music_column: str, extra: dict[str, Any]) -> str:
+    """A digest of the tokenizer, the settings and each piece's content: its MIDI bytes, or its file's
+    path, size and mtime (sources alone, e.g. "row-3", do not tell two datasets apart)."""
     h = hashlib.sha1()
     h.update(tokenizer.miditok.config.to_dict().__repr__().encode())
     h.update(str(tokenizer.vocab_size).encode())
     h.update(json.dumps(extra, sort_keys=True).encode())
-    for s in sources:
-        h.update(s.encode())
+    for batch in pieces.select_columns(["source", music_column]).iter(batch_size=256):
+        for source, x in zip(batch["source"], batch[music_column]):
+            h.update(source.encode())
+            if isinstance(x, (bytes, bytearray)):
+                h.update(hashlib.sha1(x).digest())
+            else:
+                with contextlib.suppress(OSError):  # a missing file is reported by tokenization
+                    st = os.stat(x)
+                    h.update(f"{x}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
 
 
@@ -140,7 +150,7 @@ def load_or_tokenize(pieces: datasets.Dataset, tokenizer: MusicTokenizer, genres
     if cache_dir is None:
         return tokenize_pieces(pieces, tokenizer, genres, **kwargs)
     extra = {k: v for k, v in kwargs.items() if k != "num_proc"} | {"genres": list(genres)}
-    key = _cache_key(tokenizer, pieces["source"], extra)
+    key = _cache_key(tokenizer, pieces, kwargs.get("music_column", "path"), extra)
     path = Path(cache_dir) / f"tokenized-{key}"
     if (path / "summary.json").exists():
         summary = DataSummary(**json.loads((path / "summary.json").read_text()))
@@ -154,15 +164,19 @@ def load_or_tokenize(pieces: datasets.Dataset, tokenizer: MusicTokenizer, genres
 
 # ----- windows ----------------------------------------------------------------------------------------
 def window_starts(bar_flags: np.ndarray, length: int, max_length: int, stride: int) -> list[int]:
-    """Start indices of windows: the first at 0, each next at the first bar start >= previous + stride."""
+    """Start indices of windows: the first at 0, each next at the last bar start <= previous + stride.
+
+    Consecutive windows thus overlap by at least max_length - stride tokens and no token between them is
+    lost; only a bar longer than the stride moves the next start further, to the first later bar.
+    """
     bars = np.flatnonzero(bar_flags)
     starts, start = [0], 0
     while start + max_length < length:
-        nxt = bars[bars >= start + stride]
-        nxt = nxt[nxt > start]
-        if len(nxt) == 0:
+        later = bars[bars > start]
+        if len(later) == 0:
             break
-        start = int(nxt[0])
+        within = later[later <= start + stride]
+        start = int(within[-1] if len(within) else later[0])
         starts.append(start)
     return starts
 
@@ -171,8 +185,10 @@ def make_windows(pieces: datasets.Dataset, tokenizer: MusicTokenizer, max_length
                  pack: bool = False) -> datasets.Dataset:
     """Cut tokenized pieces into windows of at most `max_length` tokens starting at bar boundaries.
 
-    `overlap` tokens may repeat between consecutive windows (stride = max_length - overlap). Short pieces stay
-    short (the collator pads them) unless `pack` concatenates consecutive short windows into full ones.
+    Consecutive windows share at least `overlap` tokens (each starts at the last bar within max_length - overlap
+    tokens of the previous start), so every token is in some window unless a single bar exceeds max_length.
+    Short pieces stay short (the collator pads them) unless `pack` concatenates consecutive short windows
+    into full ones.
     """
     bar_table = np.asarray(tokenizer.music_attributes()["bar_count"]) > 0
     stride = max(1, max_length - overlap)
@@ -223,10 +239,15 @@ def iterable_windows(pieces: datasets.Dataset, tokenizer: MusicTokenizer, max_le
     def cut(example: dict[str, Any]) -> Iterator[dict[str, Any]]:
         arr = np.asarray(example["input_ids"])
         for s in window_starts(bar_table[arr], len(arr), max_length, stride):
-            yield {"input_ids": arr[s: s + max_length].tolist(), "genre_id": example["genre_id"]}
+            # a stable id per window (piece and start) seeds its augmentation in the collator
+            idx = int(hashlib.sha1(f"{example.get('source', '')}:{s}".encode()).hexdigest()[:12], 16)
+            yield {"input_ids": arr[s: s + max_length].tolist(), "genre_id": example["genre_id"], "idx": idx}
 
-    return stream.map(lambda b: {k: [w[k] for ex in _rows(b) for w in cut(ex)] for k in ("input_ids", "genre_id")},
-                      batched=True, remove_columns=list(pieces.column_names))
+    def cut_batch(batch: dict[str, list]) -> dict[str, list]:
+        windows = [w for ex in _rows(batch) for w in cut(ex)]
+        return {k: [w[k] for w in windows] for k in ("input_ids", "genre_id", "idx")}
+
+    return stream.map(cut_batch, batched=True, remove_columns=list(pieces.column_names))
 
 
 def _rows(batch: dict[str, list]) -> Iterator[dict[str, Any]]:
