@@ -1,0 +1,392 @@
+"""Tests for music_hf.training and scripts/train.py: config parsing, optimizer groups, and real training runs
+(subprocesses on the tiny config): 2 CPU processes through `accelerate launch`, gradient accumulation,
+stop/resume and SIGKILL/resume equal to an unbroken run, and the final model folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import music_hf  # noqa: F401  (registers the Auto classes)
+from music_hf.tokenization_music import MusicTokenizer
+from music_hf.training import (EpochSampler, TrainConfig, build_datasets, build_model, config_from_args,
+                               parameter_groups, parse_overrides)
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO / "scripts" / "train.py"
+TINY = REPO / "scripts" / "configs" / "tiny.yaml"
+RUN_TIMEOUT = 480
+
+
+# ----- config parsing -----------------------------------------------------------------------------------
+def test_parse_overrides_types_values_by_field():
+    values = parse_overrides([
+        "--max_steps", "8", "--learning_rate", "3e-3", "--pack", "true", "--use_genre_embedding=false",
+        "--corpus_collections", "bach,essenFolksong", "--max_pieces_per_collection", "none",
+        "--output_dir=out/run=1", "--hf_genre_column", "null", "--eval_max_batches", "4", "--overlap=0",
+    ])
+    assert values == {
+        "max_steps": 8, "learning_rate": 3e-3, "pack": True, "use_genre_embedding": False,
+        "corpus_collections": ["bach", "essenFolksong"], "max_pieces_per_collection": None,
+        "output_dir": "out/run=1", "hf_genre_column": None, "eval_max_batches": 4, "overlap": 0,
+    }
+    assert type(values["max_steps"]) is int and type(values["learning_rate"]) is float
+    assert parse_overrides(["--gradient_checkpointing", "1", "--hub_private", "no"]) == \
+        {"gradient_checkpointing": True, "hub_private": False}
+
+
+def test_parse_overrides_rejects_unknown_and_malformed_options():
+    with pytest.raises(ValueError, match=r"unknown option --max_step\b.*config keys are: .*max_steps"):
+        parse_overrides(["--max_step", "8"])
+    with pytest.raises(ValueError, match="--max_steps needs a value"):
+        parse_overrides(["--max_steps"])
+    with pytest.raises(ValueError, match="expected a boolean"):
+        parse_overrides(["--pack", "maybe"])
+    with pytest.raises(ValueError, match="unexpected argument 'stray'"):
+        parse_overrides(["stray"])
+    with pytest.raises(ValueError):
+        parse_overrides(["--max_steps", "eight"])
+
+
+def test_yaml_config_with_unknown_key_names_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_steps: 5\nlearning_rte: 0.1\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: unknown config key\(s\) \['learning_rte'\]"):
+        TrainConfig.from_yaml(bad)
+
+
+def test_command_line_overrides_win_over_the_yaml_file():
+    args, cfg = config_from_args(["--config", str(TINY), "--max_steps", "3", "--stop_after", "2", "--resume",
+                                  "--hidden_size", "48"])
+    assert (args.stop_after, args.resume) == (2, "latest")
+    assert (cfg.max_steps, cfg.hidden_size) == (3, 48)
+    assert cfg.corpus_collections == ["bach", "essenFolksong"] and cfg.max_length == 128  # from the YAML
+    _, path_cfg = config_from_args(["--config", str(TINY), "--resume", "ckpt/step_4"])
+    assert path_cfg.max_steps == 20
+    assert config_from_args(["--resume", "ckpt/step_4"])[0].resume == "ckpt/step_4"
+
+
+# ----- optimizer groups and sampler ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tokenizer():
+    return MusicTokenizer()
+
+
+@pytest.mark.parametrize("norm_type", ["layernorm", "rmsnorm", "batchnorm"])
+def test_parameter_groups_decay_only_linear_and_conv_weights(tokenizer, norm_type):
+    cfg = TrainConfig.from_yaml(TINY, {"conv_kernel_size": 3, "norm_type": norm_type})
+    model = build_model(cfg, tokenizer, ["unknown", "chorale"])
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied
+    decay, no_decay = parameter_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    ids = [id(p) for p in decay["params"] + no_decay["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))  # each once, the tied head included
+    decayed = {id(p) for p in decay["params"]}
+    expected = set()
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d)) and module.weight is not model.get_input_embeddings().weight:
+            expected.add(id(module.weight))
+    assert decayed == expected and expected
+    names = {id(p): n for n, p in model.named_parameters()}
+    for p in no_decay["params"]:
+        name = names[id(p)]
+        assert name.endswith("bias") or "norm" in name or "embed" in name, name
+    assert any("conv" in names[i] for i in decayed)
+
+
+def test_parameter_groups_for_the_gpt2_baseline(tokenizer):
+    model = build_model(TrainConfig.from_yaml(TINY, {"architecture": "gpt2"}), tokenizer, ["unknown"])
+    decay, no_decay = parameter_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in decay["params"]} == {
+        n for n, p in model.named_parameters() if n.endswith(("attn.c_attn.weight", "attn.c_proj.weight",
+                                                               "mlp.c_fc.weight", "mlp.c_proj.weight"))}
+    assert {"transformer.wte.weight", "transformer.wpe.weight"} <= {names[id(p)] for p in no_decay["params"]}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_epoch_sampler_is_seeded_and_keeps_whole_global_batches():
+    sampler = EpochSampler(113, seed=0, multiple_of=24)
+    first = list(sampler)
+    assert len(first) == len(sampler) == 96 and len(set(first)) == 96
+    assert list(EpochSampler(113, seed=0, multiple_of=24)) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    assert len(EpochSampler(10, multiple_of=24)) == 0
+    assert sorted(EpochSampler(7)) == list(range(7))
+
+
+# ----- training runs ------------------------------------------------------------------------------------
+def _launch(command: list[str], log: Path) -> subprocess.Popen:
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               HF_DATASETS_DISABLE_PROGRESS_BARS="1", PYTHONUNBUFFERED="1")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as f:
+        # its own session, so a failed test can end the whole run (accelerate's workers included)
+        return subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, log: Path) -> dict:
+    """Wait for a run; its final JSON line (the script's summary)."""
+    try:
+        proc.wait(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    text = log.read_text()
+    assert proc.returncode == 0, f"{' '.join(map(str, proc.args))} failed:\n{text[-4000:]}"
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1])
+
+
+class Runs:
+    """Training runs sharing one corpus folder and Arrow cache; each run is `output_dir/<name>`."""
+
+    def __init__(self, root: Path, corpus_dir: Path):
+        self.root, self.corpus_dir = root, corpus_dir
+        self.processes: list[subprocess.Popen] = []
+
+    def command(self, name: str, *overrides: str, processes: int = 1, resume: bool = False) -> list[str]:
+        script = [str(TRAIN), "--config", str(TINY), "--output_dir", str(self.root / name), "--log_with", "none",
+                  "--corpus_dir", str(self.corpus_dir), *overrides] + (["--resume"] if resume else [])
+        if processes == 1:
+            return [sys.executable, *script]
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *script]
+
+    def start(self, name: str, *overrides: str, processes: int = 1, resume: bool = False,
+              attempt: str = "") -> tuple[subprocess.Popen, Path]:
+        log = self.root / f"{name}{attempt}.log"
+        proc = _launch(self.command(name, *overrides, processes=processes, resume=resume), log)
+        self.processes.append(proc)
+        return proc, log
+
+    def stop_all(self) -> None:
+        """End the runs still going (after a failure), each by its own process group."""
+        for proc in self.processes:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def run_together(self, jobs: dict[str, tuple]) -> dict[str, dict]:
+        """Start runs at once (1 thread each), wait for all; name -> final JSON line."""
+        started = {key: self.start(*job[0], **job[1]) for key, job in jobs.items()}
+        return {key: _finish(*proc_log) for key, proc_log in started.items()}
+
+    def losses(self, name: str) -> dict[int, float]:
+        rows = [json.loads(line) for line in (self.root / name / "train_log.jsonl").read_text().splitlines()]
+        return {row["step"]: row["loss"] for row in rows}
+
+    def weights(self, name: str) -> dict[str, torch.Tensor]:
+        return load_file(self.root / name / "final" / "model.safetensors")
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float) -> None:
+    assert a.keys() == b.keys()
+    worst = max((x - b[k]).abs().max().item() for k, x in a.items())
+    assert worst <= tol, f"weights differ by up to {worst}"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The shared corpus (the same folder tests/test_data.py fills) and its Arrow cache, prepared once here so
+    runs started together only read them; also the number of training windows."""
+    corpus_dir = tmp_path_factory.getbasetemp() / "music_hf_cache" / "corpus"
+    cfg = TrainConfig.from_yaml(TINY, {"corpus_dir": str(corpus_dir)})
+    _, _, _, summary, windows = build_datasets(cfg, progress=False)
+    assert not summary.failed
+    r = Runs(tmp_path_factory.mktemp("runs"), corpus_dir)
+    r.train_windows = len(windows["train"])
+    yield r
+    r.stop_all()
+
+
+def _half_batch(n_windows: int) -> int:
+    """A per-device batch b whose runs cross an epoch within 8 steps at global batch 2b, with an odd number of
+    b-batches per epoch: where a 2-process or accumulating run would otherwise take a step across epochs."""
+    candidates = [b for b in range(4, 40) if 2 <= n_windows // (2 * b) <= 5]
+    odd = [b for b in candidates if (n_windows // b) % 2 == 1]
+    assert candidates, f"{n_windows} training windows: no batch size crosses an epoch in 8 steps"
+    return (odd or candidates)[0]
+
+
+EQUIVALENCE = ["--max_steps", "8", "--eval_every", "4", "--save_every", "4"]  # tiny.yaml: no dropout
+RESUME = ["--max_steps", "24", "--save_every", "4", "--eval_every", "12", "--embedding_dropout", "0.1",
+          "--hidden_dropout", "0.1", "--attention_dropout", "0.1", "--pitch_shift", "3", "--velocity_jitter", "1",
+          "--duration_jitter", "1", "--position_jitter", "1"]
+
+
+def _resumed_step(log: Path) -> int:
+    found = re.findall(r"resumed from \S+ at step (\d+)", log.read_text())
+    assert found, f"the run did not resume:\n{log.read_text()[-3000:]}"
+    return int(found[-1])
+
+
+@pytest.fixture(scope="module")
+def trained(runs):
+    """All training runs of this module, started together (process start-up, not training, is their cost):
+
+    - equivalence (no dropout, 8 steps): 1 process x batch 2b, 1 process x batch b x accumulation 2,
+      2 processes x batch b, and the same 2-process run stopped 1 step into epoch 2 and resumed;
+    - resume (dropout and augmentation on, 24 steps): an unbroken run, one stopped with --stop_after 10 then
+      resumed, one SIGKILLed after a complete checkpoint then resumed.
+    With batch b the runs cross epochs (see _half_batch); the stop lands mid-epoch.
+    """
+    b = str(_half_batch(runs.train_windows))
+    steps_per_epoch = runs.train_windows // (2 * int(b))
+    resume = (*RESUME, "--per_device_batch_size", b)
+    assert runs.train_windows // int(b) < 12
+    started = {
+        "single": runs.start("single", *EQUIVALENCE, "--per_device_batch_size", str(2 * int(b))),
+        "accum": runs.start("accum", *EQUIVALENCE, "--per_device_batch_size", b, "--gradient_accumulation_steps", "2"),
+        "ddp": runs.start("ddp", *EQUIVALENCE, "--per_device_batch_size", b, processes=2),
+        "ddp-stopped": runs.start("ddp-stopped", *EQUIVALENCE, "--per_device_batch_size", b, "--stop_after",
+                                  str(steps_per_epoch + 1), processes=2),  # 1 step into the second epoch
+        "unbroken": runs.start("unbroken", *resume),
+        "stopped": runs.start("stopped", *resume, "--stop_after", "10"),
+    }
+    killed, killed_log = runs.start("killed", *resume)
+
+    # kill a run as soon as it has a complete checkpoint, long before its last step
+    marker = runs.root / "killed" / "checkpoints" / "step_4" / "checkpoint_complete"
+    deadline = time.time() + RUN_TIMEOUT
+    while not marker.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert killed.poll() is None, f"the run ended before it could be killed:\n{killed_log.read_text()[-3000:]}"
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (runs.root / "killed" / "final").exists()
+    # what a kill in the middle of a save leaves behind must not be resumed from
+    partial = runs.root / "killed" / "checkpoints" / "step_20"
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / "model.safetensors").write_bytes(b"cut short")
+
+    out = {name: _finish(*proc_log) for name, proc_log in started.items()}
+    assert out["stopped"]["step"] == 10 and not (runs.root / "stopped" / "final").exists()
+    assert out["ddp-stopped"]["step"] == steps_per_epoch + 1
+    out |= runs.run_together({
+        "ddp-stopped": (("ddp-stopped", *EQUIVALENCE, "--per_device_batch_size", b),
+                        {"processes": 2, "resume": True, "attempt": "-resumed"}),
+        "stopped": (("stopped", *resume), {"resume": True, "attempt": "-resumed"}),
+        "killed": (("killed", *resume), {"resume": True, "attempt": "-resumed"}),
+    })
+    out["stopped_from"] = _resumed_step(runs.root / "stopped-resumed.log")
+    out["ddp_stopped_from"] = _resumed_step(runs.root / "ddp-stopped-resumed.log")
+    out["killed_from"] = _resumed_step(runs.root / "killed-resumed.log")
+    out["steps_per_epoch"] = steps_per_epoch
+    return out
+
+
+def _assert_same_losses(a: dict[int, float], b: dict[int, float], tol: float) -> None:
+    assert list(a) == list(b), (list(a), list(b))
+    for step in a:
+        assert abs(a[step] - b[step]) <= tol, f"step {step}: {a[step]} vs {b[step]}"
+
+
+def test_two_cpu_processes_train_like_one_with_twice_the_batch(runs, trained):
+    assert trained["steps_per_epoch"] < 8  # the runs cross an epoch boundary
+    ddp, single = trained["ddp"], trained["single"]
+    assert ddp["processes"] == 2 and single["processes"] == 1
+    checkpoint = runs.root / "ddp" / "checkpoints" / "step_8"
+    assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
+    losses = runs.losses("ddp")
+    assert list(losses) == list(range(1, 9))
+    assert all(math.isfinite(v) for v in losses.values())
+    assert losses[7] + losses[8] < losses[1] + losses[2] - 0.1  # it learns
+    _assert_same_losses(losses, runs.losses("single"), 1e-5)
+    _assert_same_weights(runs.weights("ddp"), runs.weights("single"), 1e-5)
+    assert abs(ddp["eval"]["loss"] - single["eval"]["loss"]) < 1e-5  # eval sums gathered over both processes
+    assert ddp["eval"]["tokens"] == single["eval"]["tokens"]
+
+
+def test_two_process_stop_and_resume_equals_the_unbroken_run(runs, trained):
+    """Resuming mid-epoch with several processes must give the sampler its epoch through accelerate's
+    skip_first_batches wrapper (it did not: the resumed epoch replayed epoch 0's order)."""
+    assert trained["ddp_stopped_from"] == trained["steps_per_epoch"] + 1
+    assert trained["ddp-stopped"]["processes"] == 2
+    _assert_same_losses(runs.losses("ddp-stopped"), runs.losses("ddp"), 1e-6)
+    _assert_same_weights(runs.weights("ddp-stopped"), runs.weights("ddp"), 1e-6)
+
+
+def test_gradient_accumulation_equals_the_larger_batch(runs, trained):
+    _assert_same_losses(runs.losses("accum"), runs.losses("single"), 1e-5)
+    _assert_same_weights(runs.weights("accum"), runs.weights("single"), 1e-5)
+
+
+def test_stop_and_resume_equals_an_unbroken_run(runs, trained):
+    assert trained["stopped_from"] == 10
+    unbroken = runs.losses("unbroken")
+    assert list(unbroken) == list(range(1, 25))
+    _assert_same_losses(runs.losses("stopped"), unbroken, 1e-6)  # steps 1-10, then 11-24 after the resume
+    assert trained["stopped"]["final_train_loss"] == pytest.approx(unbroken[24], abs=1e-6)
+    _assert_same_weights(runs.weights("stopped"), runs.weights("unbroken"), 1e-6)
+    assert trained["stopped"]["eval"]["loss"] == pytest.approx(trained["unbroken"]["eval"]["loss"],
+                                                                   abs=1e-6)
+
+
+def test_resume_after_sigkill_equals_an_unbroken_run(runs, trained):
+    start = trained["killed_from"]
+    assert start in (4, 8, 12, 16), start  # a complete checkpoint, not the cut-short step_20
+    killed, unbroken = runs.losses("killed"), runs.losses("unbroken")
+    assert list(killed) == list(range(start + 1, 25))  # the killed run logged nothing, the resumed one the rest
+    _assert_same_losses(killed, {s: unbroken[s] for s in killed}, 1e-6)
+    _assert_same_weights(runs.weights("killed"), runs.weights("unbroken"), 1e-6)
+    assert (runs.root / "killed" / "checkpoints" / "step_20" / "checkpoint_complete").is_file()  # saved again
+
+
+def test_final_folder_holds_a_loadable_model_with_metrics(runs, trained):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = runs.root / "unbroken" / "final"
+    for name in ("model.safetensors", "config.json", "tokenizer_config.json", "miditok_config.json",
+                 "training_results.json"):
+        assert (final / name).is_file(), name
+    results = json.loads((final / "training_results.json").read_text())
+    for key in ("loss", "perplexity", "accuracy", "nll_per_note"):
+        assert math.isfinite(results["eval"][key]), key
+    assert results["eval"]["perplexity"] == pytest.approx(math.exp(results["eval"]["loss"]))
+    assert 0 <= results["eval"]["accuracy"] <= 1 and results["eval"]["nll_per_note"] > results["eval"]["loss"]
+    assert results["steps"] == 24 and results["processes"] == 1 and results["data"]["skipped"] == 0
+    assert results["eval"] == trained["unbroken"]["eval"]
+
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    assert type(model).__name__ == "MusicForCausalLM" and model.config.hidden_size == 32
+    _assert_same_weights({k: v for k, v in model.state_dict().items() if k in runs.weights("unbroken")},
+                         runs.weights("unbroken"), 0.0)
+    ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer.encode_score(str(next(runs.corpus_dir.rglob("*.mid"))))
+                         [:30]]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert logits.shape == (1, ids.shape[1], len(tokenizer)) and torch.isfinite(logits).all()
+
+
+@pytest.mark.slow
+def test_two_process_stop_and_resume_with_dropout_equals_an_unbroken_two_process_run(runs):
+    """As the 1-process resume tests, with each process restoring its own RNG state (dropout on)."""
+    b = _half_batch(runs.train_windows)
+    overrides = (*RESUME, "--max_steps", "12", "--per_device_batch_size", str(b))
+    first = runs.run_together({
+        "unbroken": (("ddp-dropout-unbroken", *overrides), {"processes": 2}),
+        "stopped": (("ddp-dropout-stopped", *overrides, "--stop_after", "6"), {"processes": 2}),
+    })
+    resumed = runs.run_together({"stopped": (("ddp-dropout-stopped", *overrides),
+                                             {"processes": 2, "resume": True, "attempt": "-resumed"})})
+    assert first["stopped"]["step"] == 6 and _resumed_step(runs.root / "ddp-dropout-stopped-resumed.log") == 6
+    assert first["unbroken"]["processes"] == resumed["stopped"]["processes"] == 2
+    _assert_same_losses(runs.losses("ddp-dropout-stopped"), runs.losses("ddp-dropout-unbroken"), 1e-6)
+    _assert_same_weights(runs.weights("ddp-dropout-stopped"), runs.weights("ddp-dropout-unbroken"), 1e-6)
