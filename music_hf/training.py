@@ -152,7 +152,10 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
             value, i = items[i + 1], i + 1
         if key not in fields:
             raise ValueError(f"unknown option --{key}; config keys are: {', '.join(sorted(fields))}")
-        out[key] = _parse_value(value, fields[key])
+        try:
+            out[key] = _parse_value(value, fields[key])
+        except ValueError as e:
+            raise ValueError(f"--{key} {value!r}: {e}") from None
         i += 1
     return out
 
@@ -167,7 +170,10 @@ def config_from_args(argv: Sequence[str] | None = None, description: str = "") -
     parser.add_argument("--resume", nargs="?", const="latest", default=None,
                         help="resume from the latest checkpoint in output_dir, or from PATH")
     args, rest = parser.parse_known_args(argv)
-    cfg = TrainConfig.from_yaml(args.config, parse_overrides(rest))
+    try:
+        cfg = TrainConfig.from_yaml(args.config, parse_overrides(rest))
+    except (ValueError, TypeError, OSError) as e:
+        parser.error(str(e))
     return args, cfg
 
 

@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     model = build_model(cfg, tokenizer, genres)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("model: %s, %.2fM parameters; %d training windows", cfg.architecture, n_params / 1e6,
                 len(train_windows))
@@ -187,6 +188,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         progress.update(1)
         progress.set_postfix(loss=f"{step_loss:.3f}")
         history.append({"step": state.step, "loss": step_loss})
+        if accelerator.is_main_process:  # written as it happens, so a killed run keeps its log (a resume
+            with (out / "train_log.jsonl").open("a") as f:  # appends the steps it redoes again)
+                f.write(json.dumps(history[-1]) + "\n")
         if state.step % cfg.log_every == 0 or state.step == 1:
             accelerator.log({"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0],
                              "train/tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9)}, step=state.step)
@@ -199,10 +203,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     progress.close()
 
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        with (out / "train_log.jsonl").open("a") as f:
-            for row in history:
-                f.write(json.dumps(row) + "\n")
     if state.step >= cfg.max_steps:
         final = out / "final"
         unwrapped = accelerator.unwrap_model(model)
