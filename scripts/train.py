@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     decay_params = [p for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]]
     accum = cfg.gradient_accumulation_steps
     progress = tqdm(total=cfg.max_steps, initial=state.step, disable=not accelerator.is_local_main_process,
-                    desc="training")
+                    desc="training", mininterval=0.5 if sys.stderr.isatty() else 30.0)  # a log file gets a line / 30 s
     history: list[dict[str, float]] = []
     metrics: dict[str, float] = {}
     model.train()
