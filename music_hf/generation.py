@@ -149,6 +149,12 @@ def finish_sequence(tokenizer: MusicTokenizer, ids: Sequence[int]) -> list[int]:
     return ids
 
 
+def cpu_threads_for(hidden_size: int, batch: int, available: int) -> int:
+    """Threads worth using for one decoding step on CPU: a step of a small model is a handful of tiny ops, and
+    OpenMP threads then cost more than they give (30x slower on a busy 2-core machine than one thread)."""
+    return max(1, min(available, hidden_size * batch // 512))
+
+
 @dataclass
 class GeneratedPiece:
     """One generated sequence: its ids (prompt included), where the prompt ends, and the decoded Score."""
@@ -181,6 +187,9 @@ def generate_music(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, ge
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p) if do_sample else {}
     was_training = model.training
     model.eval()
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads_for(model.config.hidden_size, num_return_sequences, threads))
     try:
         out = model.generate(
             input_ids, attention_mask=torch.ones_like(input_ids), genre_ids=genre_ids,
@@ -190,6 +199,7 @@ def generate_music(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, ge
         )
     finally:
         model.train(was_training)
+        torch.set_num_threads(threads)
     sequences = out.sequences if hasattr(out, "sequences") else out
     pieces = []
     for row in sequences.tolist():
@@ -218,5 +228,5 @@ def generate_midi(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, gen
     return scores[0] if len(scores) == 1 else scores
 
 
-__all__ = ["MusicGrammarLogitsProcessor", "GeneratedPiece", "generate_music", "generate_midi", "prompt_ids",
+__all__ = ["MusicGrammarLogitsProcessor", "cpu_threads_for", "GeneratedPiece", "generate_music", "generate_midi", "prompt_ids",
            "cut_bars", "finish_sequence", "nearest_token"]
