@@ -1,0 +1,297 @@
+"""Tests for issue 7: the metrics of music_hf.evaluation on real music21 pieces, the report helpers, and smoke runs
+of scripts/bench.py and scripts/evaluate.py (`--quick`, subprocesses) whose reports must hold every section and row
+with finite numbers, and ratios that follow from the measured values."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import symusic
+
+from music_hf.evaluation import (classification_scores, classify_genres, fmt, grammar_error_rate,
+                                 histogram_distance, notes_per_bar, pitch_class_histogram,
+                                 pooled_pitch_class_histogram, train_genre_classifier, update_markdown_section)
+from music_hf.tokenization_music import MusicTokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+C_MAJOR_CHORALE = "bach/bwv130.6"  # music21's key analysis: C major, no accidentals in the key signature
+DIATONIC_C = {0, 2, 4, 5, 7, 9, 11}
+SMOKE_TIMEOUT = 300  # each smoke run takes well under 90 s on 2 idle cores; the limit leaves room for a busy CI
+
+
+@pytest.fixture(scope="module")
+def c_major_chorale(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from music21 import corpus
+
+    path = tmp_path_factory.mktemp("chorale") / "bwv130.6.mid"
+    corpus.parse(C_MAJOR_CHORALE).write("midi", fp=str(path))
+    return path
+
+
+# ----- pitch classes ---------------------------------------------------------------------------------------
+def test_pitch_class_histogram_of_a_c_major_chorale_peaks_on_the_c_major_scale(c_major_chorale):
+    hist = pitch_class_histogram(c_major_chorale)
+    assert hist.shape == (12,) and hist.sum() == pytest.approx(1.0)
+    assert set(np.argsort(hist)[-7:].tolist()) == DIATONIC_C
+    assert int(np.argmax(hist)) == 0  # the tonic C is the most frequent pitch class
+    assert hist[[1, 3, 6, 8, 10]].sum() < 0.05  # chromatic notes are rare
+    # the counts are the notes of the file (drums excluded; there are none)
+    score = symusic.Score(str(c_major_chorale))
+    counts = pitch_class_histogram(score, normalize=False)
+    assert counts.sum() == score.note_num()
+
+
+def test_pitch_class_histogram_follows_transposition_and_skips_drums(c_major_chorale):
+    score = symusic.Score(str(c_major_chorale))
+    hist = pitch_class_histogram(score)
+    np.testing.assert_allclose(pitch_class_histogram(score.shift_pitch(2)), np.roll(hist, 2))
+    drums = score.copy()
+    for track in drums.tracks:
+        track.is_drum = True
+    assert pitch_class_histogram(drums).sum() == 0.0
+
+
+def test_distance_of_a_piece_to_itself_is_zero_and_grows_with_transposition(c_major_chorale):
+    score = symusic.Score(str(c_major_chorale))
+    hist = pitch_class_histogram(score)
+    for metric in ("js", "l1"):
+        assert histogram_distance(hist, hist, metric) == pytest.approx(0.0, abs=1e-12)
+        assert histogram_distance(hist * 7, hist, metric) == pytest.approx(0.0, abs=1e-12)  # normalized first
+    fifth, tritone = (pitch_class_histogram(score.shift_pitch(k)) for k in (7, 6))
+    # a fifth away shares six of seven scale degrees, a tritone only two: the profiles say so
+    assert 0 < histogram_distance(hist, fifth) < histogram_distance(hist, tritone) <= 1.0
+    assert histogram_distance(hist, fifth) == pytest.approx(histogram_distance(fifth, hist))
+    assert histogram_distance(np.eye(12)[0], np.eye(12)[1]) == pytest.approx(1.0)  # disjoint: 1 bit
+    assert histogram_distance(np.eye(12)[0], np.eye(12)[1], "l1") == pytest.approx(2.0)
+    assert math.isnan(histogram_distance(np.zeros(12), hist))
+    with pytest.raises(ValueError, match="metric"):
+        histogram_distance(hist, hist, "cosine")
+
+
+def test_pooled_histogram_of_token_ids_counts_the_decoded_notes(tokenizer, real_midi_paths):
+    ids = [tokenizer.encode_score(p) for p in real_midi_paths[:3]]
+    pooled = pooled_pitch_class_histogram(ids, tokenizer)
+    expected = sum(pitch_class_histogram(tokenizer.decode_midi(x), normalize=False) for x in ids)
+    np.testing.assert_array_equal(pooled, expected)
+    assert pooled.sum() > 100
+
+
+# ----- note density and grammar ----------------------------------------------------------------------------
+def test_notes_per_bar_counts_note_and_bar_tokens(tokenizer, real_midi_paths):
+    for path in real_midi_paths:
+        ids = tokenizer.encode_score(path)
+        tokens = tokenizer.convert_ids_to_tokens(ids)
+        notes = sum(t.startswith(("Pitch_", "PitchDrum_")) for t in tokens)
+        bars = sum(t == "Bar_None" for t in tokens)
+        assert notes_per_bar(ids, tokenizer) == pytest.approx(notes / bars)
+    assert math.isnan(notes_per_bar([tokenizer.bos_token_id], tokenizer))
+
+
+def test_notes_per_bar_is_the_same_with_bpe(real_midi_paths, tmp_path):
+    plain = MusicTokenizer()
+    bpe = MusicTokenizer()
+    bpe.train_bpe(len(plain) + 60, real_midi_paths)
+    for path in real_midi_paths[:3]:
+        short = bpe.encode_score(path)
+        assert len(short) < len(plain.encode_score(path))  # merged ids hold several notes or bars
+        assert notes_per_bar(short, bpe) == pytest.approx(notes_per_bar(plain.encode_score(path), plain))
+
+
+def test_grammar_error_rate_is_zero_on_real_pieces_and_counts_misplaced_tokens(tokenizer, real_midi_paths):
+    pieces = [[tokenizer.bos_token_id] + tokenizer.encode_score(p) + [tokenizer.eos_token_id]
+              for p in real_midi_paths]
+    assert grammar_error_rate(pieces, tokenizer) == 0.0
+    # a PAD in the middle of a piece cannot be decoded: one error among its tokens
+    body = pieces[0][1:-1]
+    padded = body[:20] + [tokenizer.pad_token_id] + body[20:]
+    assert grammar_error_rate([padded], tokenizer) == pytest.approx(1 / len(padded))
+    # token-weighted over sequences
+    assert grammar_error_rate([padded, body], tokenizer) == pytest.approx(1 / (len(padded) + len(body)))
+    shuffled = list(np.random.default_rng(0).permutation(body))
+    assert grammar_error_rate([shuffled], tokenizer) > 0.1
+    assert math.isnan(grammar_error_rate([[tokenizer.bos_token_id]], tokenizer))
+
+
+# ----- genre classifier ------------------------------------------------------------------------------------
+def test_genre_classifier_learns_to_tell_two_real_pieces_apart(tokenizer, real_midi_paths):
+    chorale = tokenizer.encode_score(real_midi_paths[0])  # bach/bwv66.6
+    reel = tokenizer.encode_score(real_midi_paths[5])  # ryansMammoth/7thRegimentReel
+    windows = datasets.Dataset.from_dict({
+        "input_ids": [chorale[i: i + 64] for i in range(0, 256, 64)] + [reel[i: i + 64] for i in range(0, 256, 64)]
+        + [chorale[:64]],
+        "genre_id": [1] * 4 + [2] * 4 + [0],  # the unknown-genre window is left out
+    })
+    genres = ["unknown", "chorale", "fiddle tune"]
+    model = train_genre_classifier(windows, tokenizer, genres, steps=40, batch_size=8, hidden_size=32,
+                                   num_hidden_layers=1, max_length=64)
+    assert model.config.id2label == {0: "chorale", 1: "fiddle tune"} and not model.config.use_genre_embedding
+    predicted = classify_genres(model, windows["input_ids"][:8], tokenizer.pad_token_id, batch_size=3)
+    assert predicted == [1] * 4 + [2] * 4
+    with pytest.raises(ValueError, match="at least two genres"):
+        train_genre_classifier(windows.select(range(4)), tokenizer, genres, steps=1)
+
+
+def test_classification_scores_against_chance():
+    scores = classification_scores([1, 1, 1, 2, 1, 3], [1, 1, 1, 2, 2, 3])
+    assert scores["accuracy"] == pytest.approx(5 / 6)
+    assert scores["recall"] == {1: 1.0, 2: 0.5, 3: 1.0}
+    assert scores["balanced_accuracy"] == pytest.approx(2.5 / 3)
+    assert scores["uniform_chance"] == pytest.approx(1 / 3) and scores["majority_rate"] == pytest.approx(0.5)
+    assert classification_scores([], [])["n"] == 0
+
+
+# ----- report helpers --------------------------------------------------------------------------------------
+def test_update_markdown_section_rewrites_only_its_own_section(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    update_markdown_section(path, "Speed", "speed v1")
+    update_markdown_section(path, "Quality", "quality v1\n\n### sub\n\nrow")
+    update_markdown_section(path, "Speed", "speed v2")
+    text = path.read_text()
+    assert text.startswith("# Benchmarks") and text.count("## Speed") == 1 and text.count("## Quality") == 1
+    assert "speed v1" not in text and "speed v2" in text and "quality v1\n\n### sub\n\nrow" in text
+    assert text.index("## Speed") < text.index("## Quality")  # order kept
+    update_markdown_section(path, "Speed", "speed v2")
+    assert path.read_text() == text  # idempotent
+
+
+def test_fmt_formats_cells():
+    assert fmt(float("nan")) == "n/a" and fmt(None) == "n/a"
+    assert fmt(3) == "3" and fmt(0.123456) == "0.123" and fmt(12345.6) == "12346" and fmt("x") == "x"
+
+
+# ----- smoke runs of the scripts ---------------------------------------------------------------------------
+def run_script(*args: str) -> float:
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=SMOKE_TIMEOUT)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return time.perf_counter() - start
+
+
+def section(text: str, title: str) -> str:
+    match = re.search(rf"^## {title}\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
+    assert match, f"no section {title!r} in:\n{text}"
+    return match.group(1)
+
+
+def table_rows(text: str, first_cell: str) -> list[list[str]]:
+    """Cells of every Markdown table row whose first cell is `first_cell`."""
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("|")]
+    return [r for r in rows if r[0] == first_cell]
+
+
+def number_cells(row: list[str]) -> list[float]:
+    values = [float(c) for c in row[1:] if re.fullmatch(r"-?[\d.]+(e[-+]?\d+)?", c)]
+    assert values and all(math.isfinite(v) for v in values), row
+    return values
+
+
+def test_bench_quick_reports_every_figure_with_ratios_from_the_measurements(tmp_path):
+    md, js = tmp_path / "bench.md", tmp_path / "bench.json"
+    seconds = run_script("scripts/bench.py", "--quick", "--output", str(md), "--json", str(js))
+    r = json.loads(js.read_text())
+    text = section(md.read_text(), "Speed")
+    for part in ("### Tokenization", "### Training", "### Generation", "### Commands", r["machine"]["cpu"],
+                 f"torch {r['machine']['torch']}", f"transformers {r['machine']['transformers']}", "device `cpu`"):
+        assert part in text
+
+    tok = r["tokenization"]
+    for mode in ("single_process", "datasets_map_2_proc"):
+        ours, theirs = tok[mode]["music_hf"], tok[mode]["miditok"]
+        assert tok[mode]["overhead_ratio"] == pytest.approx(ours["seconds"] / theirs["seconds"])
+        for m, name in ((ours, "music_hf"), (theirs, "miditok")):
+            assert m["files_per_s"] == pytest.approx(tok["files"] / m["seconds"])
+            assert m["tokens_per_s"] == pytest.approx(tok["tokens"][name] / m["seconds"])
+    single = table_rows(text, "MusicTokenizer")[0]
+    assert single[1] == "1 process" and single[-1] == fmt(tok["single_process"]["overhead_ratio"])
+
+    tr = r["training"]
+    assert tr["throughput_ratio"] == pytest.approx(tr["music"]["tokens_per_s"] / tr["gpt2"]["tokens_per_s"])
+    assert tr["memory_ratio"] == pytest.approx(tr["music"]["memory"]["peak_bytes"] / tr["gpt2"]["memory"]["peak_bytes"])
+    for arch in ("music", "gpt2"):
+        m = tr[arch]
+        assert m["memory"]["peak_bytes"] > 0 and m["tokens_per_s"] > 0
+        assert m["mfu"] == pytest.approx(m["achieved_gflops"] / tr["matmul"]["gflops"])
+        assert m["achieved_gflops"] == pytest.approx(m["tokens_per_s"] * m["gflop_per_token"])
+    ratio_row = table_rows(text, "ratio music / GPT-2")[0]
+    assert ratio_row[2] == fmt(tr["throughput_ratio"]) and ratio_row[4] == fmt(tr["memory_ratio"])
+    for name in ("MusicForCausalLM", "GPT-2"):
+        assert len(number_cells(table_rows(text, name)[0])) == 7
+
+    gen = r["generation"]
+    for batch in ("1", "8"):
+        row = gen["batch"][batch]
+        assert row["ratio"] == pytest.approx(row["music"]["tokens_per_s"] / row["gpt2"]["tokens_per_s"])
+        assert row["music"]["tokens_per_s"] == pytest.approx(int(batch) * gen["new_tokens"] / row["music"]["seconds"])
+        assert table_rows(text, batch)[0][-1] == fmt(row["ratio"])
+    for arch in ("music", "gpt2"):
+        c = gen["cache"][arch]
+        assert c["speedup"] == pytest.approx(c["no_cache_seconds"] / c["cache_seconds"])
+    assert table_rows(text, "MusicForCausalLM")[1][-1] == fmt(gen["cache"]["music"]["speedup"])
+    print(f"bench --quick took {seconds:.0f} s")
+
+
+def test_evaluate_quick_ablation_then_a_given_model(tmp_path):
+    md, out = tmp_path / "BENCHMARKS.md", tmp_path / "eval"
+    update_markdown_section(md, "Speed", "left alone")
+    seconds = run_script("scripts/evaluate.py", "--quick", "--ablation", "--output", str(md), "--output_dir", str(out))
+    r = json.loads((out / "evaluation.json").read_text())
+    text = md.read_text()
+    assert section(text, "Speed").strip() == "left alone"
+    quality = section(text, "Quality")
+    for part in ("### Next-token prediction on the test split", "### Generated music", "### Genre control",
+                 "### Commands", "python scripts/evaluate.py --ablation --config scripts/configs/ablation.yaml"):
+        assert part in quality
+
+    assert list(r["models"]) == ["music", "gpt2", "no_note", "no_instrument", "no_temporal", "no_genre",
+                                 "music_seed1"]
+    target = r["ablation"]["target_parameters"]
+    for name, m in r["models"].items():
+        assert set(m["test"]) >= {"loss", "perplexity", "nll_per_note", "accuracy"}
+        assert all(math.isfinite(v) for v in m["test"].values())
+        assert m["test"]["perplexity"] == pytest.approx(math.exp(m["test"]["loss"]))
+        assert abs(m["parameters"] - target) / target < 0.01  # matched through the MLP width
+        saved = json.loads((Path(m["dir"]) / "evaluation_results.json").read_text())
+        assert saved["split"] == "test" and saved["test"] == pytest.approx(m["test"])
+        row = table_rows(quality, m["label"])[0]
+        assert row[1] == str(m["parameters"]) and len(number_cells(row)) == 7
+    # the baseline is GPT-2 and each variant lacks its embedding
+    configs = {n: json.loads((Path(m["dir"]) / "config.json").read_text()) for n, m in r["models"].items()}
+    assert configs["gpt2"]["model_type"] == "gpt2" and configs["music"]["use_note_embedding"]
+    assert configs["music_seed1"] == configs["music"]  # the noise reference differs only by its training seed
+    for kind in ("note", "instrument", "temporal", "genre"):
+        assert configs[f"no_{kind}"][f"use_{kind}_embedding"] is False
+
+    gen = r["generation"]
+    assert gen["grammar_error_rate"]["constrained"] == 0.0  # constrained decoding never breaks the grammar
+    assert 0.0 < gen["grammar_error_rate"]["unconstrained"] <= 1.0
+    for genre, g in gen["per_genre"].items():
+        assert g["generated"] == 2 and g["test_pieces"] > 0
+        assert 0 <= g["pitch_class_js"] <= 1 and 0 <= g["pitch_class_js_train_vs_test"] <= 1
+        assert len(number_cells(table_rows(quality, genre)[0])) == 10
+    real = gen["classifier"]["test_windows"]
+    assert real["n"] > 0 and 0 <= real["accuracy"] <= 1 and real["uniform_chance"] == pytest.approx(0.5)
+    real_row = table_rows(quality, "real test windows")[0]
+    assert real_row[-1] == fmt(real["balanced_accuracy"] / real["uniform_chance"])
+    first = seconds
+
+    # a given model folder: evaluated on its own held-out split, the previous report section replaced
+    model_dir = Path(r["models"]["music"]["dir"])
+    seconds = run_script("scripts/evaluate.py", "--quick", "--model", str(model_dir), "--output", str(md),
+                         "--output_dir", str(tmp_path / "eval2"))
+    r2 = json.loads((tmp_path / "eval2" / "evaluation.json").read_text())
+    assert list(r2["models"]) == ["model"] and r2["ablation"] is None
+    assert r2["models"]["model"]["test"] == pytest.approx(r["models"]["music"]["test"])  # same split, same model
+    text = md.read_text()
+    assert text.count("## Quality") == 1 and "### Next-token prediction" in text and "left alone" in text
+    assert json.loads((model_dir / "evaluation_results.json").read_text())["generation"]["genres"]
+    print(f"evaluate --quick --ablation took {first:.0f} s, --model {seconds:.0f} s")
