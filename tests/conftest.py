@@ -6,11 +6,23 @@ movement (4/2, program 53), a two-staff piano piece, and folk/fiddle tunes read 
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
+import transformers
 
 from music_hf.tokenization_music import MusicTokenizer, load_score, split_abc_tunes
+
+# transformers' common test mixins (tests/test_transformers_common*.py), unpacked by scripts/fetch_transformers_tests.py
+TRANSFORMERS_TESTS = Path(os.environ.get("MUSIC_HF_TRANSFORMERS_TESTS") or
+                          Path(__file__).resolve().parent.parent / ".cache" / "transformers-tests" / transformers.__version__)
+if (TRANSFORMERS_TESTS / "transformers_tests" / "test_modeling_common.py").is_file():
+    sys.path.append(str(TRANSFORMERS_TESTS))
+elif os.environ.get("CI") == "true":
+    raise RuntimeError(f"transformers' common tests are missing under {TRANSFORMERS_TESTS}: CI runs "
+                       "scripts/fetch_transformers_tests.py before pytest")
 
 # music21 corpus works converted with music21 itself (MusicXML / Humdrum -> MIDI); about 2 s in all.
 MUSIC21_WORKS = (
