@@ -1,6 +1,7 @@
 """music-hf: symbolic music the Hugging Face way (tokenizer, model, training, Hub, Space).
 
-Importing the package registers MusicConfig, MusicTokenizer and the models with the Auto classes.
+Importing the package registers MusicConfig, MusicTokenizer and the models with the Auto classes, and the
+`music-generation` pipeline with transformers' pipeline registry.
 """
 
 from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
@@ -8,6 +9,7 @@ from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModel
 
 from .configuration_music import MusicConfig
 from .modeling_music import MusicForCausalLM, MusicForSequenceClassification, MusicModel, MusicPreTrainedModel
+from .pipelines import MusicGenerationPipeline, register_pipeline
 from .tokenization_music import EmptyMusicError, MusicFileError, MusicTokenizer, load_score
 
 AutoConfig.register(MusicConfig.model_type, MusicConfig, exist_ok=True)
@@ -21,7 +23,9 @@ MusicModel.register_for_auto_class("AutoModel")
 MusicForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 MusicForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 MusicTokenizer.register_for_auto_class("AutoTokenizer")
+register_pipeline()  # pipeline("music-generation", model=...)
 
 __version__ = "0.1.0"
 __all__ = ["MusicConfig", "MusicTokenizer", "MusicModel", "MusicPreTrainedModel", "MusicForCausalLM",
-           "MusicForSequenceClassification", "MusicFileError", "EmptyMusicError", "load_score"]
+           "MusicForSequenceClassification", "MusicGenerationPipeline", "MusicFileError", "EmptyMusicError",
+           "load_score"]

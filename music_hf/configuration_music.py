@@ -14,6 +14,8 @@ NORM_TYPES = ("layernorm", "rmsnorm", "batchnorm")
 POSITION_TYPES = ("learned", "rotary")
 UNKNOWN_GENRE = "unknown"
 ATTRIBUTE_TABLES = ("kind", "pitch", "program_set", "position_set", "bar_count", "note_count")
+# what an id without music attributes (a special or added token) holds in each table
+NEUTRAL_ATTRIBUTES = {"kind": 0, "pitch": -1, "program_set": -1, "position_set": -1, "bar_count": 0, "note_count": 0}
 
 
 @strict(accept_kwargs=True)
@@ -74,8 +76,7 @@ class MusicConfig(PreTrainedConfig):
         self.id2genre = {int(k): v for k, v in self.id2genre.items()}
         for name in ATTRIBUTE_TABLES:
             if getattr(self, "token_" + name) is None:
-                setattr(self, "token_" + name, [-1 if name in ("pitch", "program_set", "position_set") else 0]
-                        * self.vocab_size)
+                setattr(self, "token_" + name, [NEUTRAL_ATTRIBUTES[name]] * self.vocab_size)
         super().__post_init__(**kwargs)
 
     def validate_architecture(self) -> None:
@@ -98,6 +99,24 @@ class MusicConfig(PreTrainedConfig):
             raise ValueError(f"id2genre[0] must be {UNKNOWN_GENRE!r}, got {self.id2genre.get(0)!r}")
 
     @property
+    def layer_types(self) -> list[str]:
+        """Each block caches attention keys/values plus fixed-size state: transformers' "hybrid" cache layer
+        (the model gives it the music layer class, `MusicCacheLayer`)."""
+        return ["hybrid"] * self.num_hidden_layers
+
+    @property
+    def number_of_conv_states(self) -> int:
+        """States per cache layer: the conv's last inputs, and the carried music attributes."""
+        return 2
+
+    def resize_attribute_tables(self, vocab_size: int) -> None:
+        """Cut or extend every per-id table to `vocab_size` (new ids neutral) and set `vocab_size`."""
+        for name in ATTRIBUTE_TABLES:
+            table = list(getattr(self, "token_" + name))[:vocab_size]
+            setattr(self, "token_" + name, table + [NEUTRAL_ATTRIBUTES[name]] * (vocab_size - len(table)))
+        self.vocab_size = vocab_size
+
+    @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
@@ -110,30 +129,45 @@ class MusicConfig(PreTrainedConfig):
         return {v: k for k, v in self.id2genre.items()}
 
     def genre_id(self, genre: str | int | None) -> int:
-        """Id of a genre name (None or an unknown name gives 0, "unknown")."""
+        """Id of a genre name or id (None gives 0, "unknown"); a name or id this model does not know is a
+        `ValueError` that lists the known genres."""
         if genre is None:
             return 0
-        if isinstance(genre, int):
+        known = self.genre2id
+        if isinstance(genre, int) and not isinstance(genre, bool):
             if genre not in self.id2genre:
-                raise ValueError(f"genre id {genre} not in id2genre {self.id2genre}")
+                raise ValueError(f"genre id {genre} is not one of this model's genres {self.id2genre}")
             return genre
-        return self.genre2id.get(genre, 0)
+        if genre not in known:
+            raise ValueError(f"unknown genre {genre!r}; this model knows {sorted(known)}")
+        return known[genre]
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Any, genres: list[str] | None = None, **kwargs: Any) -> MusicConfig:
-        """A config whose vocabulary, special ids and attribute tables come from a `MusicTokenizer`."""
+    def from_tokenizer(cls, tokenizer: Any, genres: list[str] | None = None,
+                       id2genre: dict[int, str] | None = None, **kwargs: Any) -> MusicConfig:
+        """A config whose vocabulary, special ids and attribute tables come from a `MusicTokenizer`.
+
+        Genres come as a list of names (`genres=[...]`, "unknown" first, added if missing) or as the config's
+        own mapping (`id2genre={0: "unknown", 1: ...}`), not both."""
+        if genres is not None and id2genre is not None:
+            raise ValueError("pass genres=[...] or id2genre={...}, not both")
+        if id2genre is None:
+            id2genre = dict(enumerate([UNKNOWN_GENRE] + [g for g in (genres or []) if g != UNKNOWN_GENRE]))
         tables = tokenizer.music_attributes()
-        names = [UNKNOWN_GENRE] + [g for g in (genres or []) if g != UNKNOWN_GENRE]
+        vocab_size = len(tokenizer)
         kwargs.setdefault("num_positions_in_bar", max(tables["position_set"]) + 1)
-        return cls(
-            vocab_size=len(tokenizer),
+        config = cls(
+            vocab_size=len(tables["kind"]),
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
-            id2genre=dict(enumerate(names)),
+            id2genre=dict(id2genre),
             **{"token_" + name: list(tables[name]) for name in ATTRIBUTE_TABLES},
             **kwargs,
         )
+        if vocab_size != config.vocab_size:  # tokens added to the tokenizer: neutral attributes
+            config.resize_attribute_tables(vocab_size)
+        return config
 
 
 __all__ = ["MusicConfig"]

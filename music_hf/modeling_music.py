@@ -4,10 +4,12 @@ Reads bottom-up like transformers' Llama: norms, rotary, MLP, causal conv, atten
 then the PreTrainedModel base, the base model and the heads. Copied next to saved models for
 `trust_remote_code` users, so it imports its siblings relatively and never `music_hf` by name.
 
-Carried attributes (instrument, position in bar, bar index) depend on the whole history, so with a
-KV cache the model keeps the token history (and each conv's recent inputs) in extra layers of the same
-`Cache` object: beam reordering, cropping and batch expansion then apply to them too, and cached
-and uncached forwards agree exactly.
+Carried attributes (instrument, position in bar, bar index) depend on the whole history; with a KV cache they
+are kept as fixed-size state (the values at the last token) next to the block's keys and values, in a proper cache
+layer type (`MusicCacheLayer` / `MusicStaticCacheLayer`, transformers' hybrid attention + conv-state layers), and
+so is each conv's last `kernel-1` inputs. A decoding step then costs O(1) in the history length, a `StaticCache`
+compiles, and beam reordering, cropping (assisted decoding) and batch expansion apply to the state too. Where a
+sequence restarts inside a packed row (`position_ids` back to 0), the carried state and the conv restart too.
 """
 
 from __future__ import annotations
@@ -20,16 +22,103 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import (Cache, DynamicCache, DynamicLayer, LinearAttentionAndFullAttentionLayer,
+                                      LinearAttentionAndStaticFullAttentionLayer, StaticLayer)
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GenericForSequenceClassification, GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.import_utils import is_torchdynamo_compiling
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_music import MusicConfig
 
 NUM_INSTRUMENTS = 130  # 0 = none yet, 1..128 = GM program + 1, 129 = drums
 NUM_OCTAVES = 11
+# fixed-size states of a MusicCacheLayer (transformers' "conv states": the last `kernel` steps along the last dim)
+CONV_STATE = 0  # the block conv's last kernel-1 inputs, (B, H, kernel-1)
+CARRIED_STATE = 1  # in the first block's layer: program, position in bar, bar count at the last token, (B, 3, 1)
+
+
+# ----- cache ----------------------------------------------------------------------------------------
+def _crop_music_layer(layer: Cache, attention_layer: type, tokens_to_remove: int) -> None:
+    """Crop a music cache layer: keys/values as `attention_layer` does, and each recorded state back by as many
+    steps. Both states are conv-like (the last few steps), so a layer that records its past (assisted decoding)
+    can always be cropped, even where a state is unused (no conv in the block, or a block other than the first)."""
+    if tokens_to_remove > 0:
+        raise ValueError(f"crop takes a negative number of tokens to remove, got {tokens_to_remove}")
+    if tokens_to_remove < 0 and not layer.record_past:
+        raise RuntimeError("crop needs a cache that records its past: call activate_past_recording() first")
+    for i, state in layer.conv_states.items():
+        if state is not None and layer.record_past:
+            end = state.shape[-1] + tokens_to_remove
+            layer.conv_states[i] = state[..., max(end - layer.conv_kernel_size[i], 0):end]
+    attention_layer.crop(layer, tokens_to_remove)
+
+
+class MusicCacheLayer(LinearAttentionAndFullAttentionLayer):
+    """A block's cache: growing keys/values plus the fixed-size states (`CONV_STATE`, `CARRIED_STATE`)."""
+
+    is_croppable = True
+
+    def __init__(self, number_of_states: int = 2, **kwargs):
+        super().__init__(number_of_states=number_of_states)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        _crop_music_layer(self, DynamicLayer, tokens_to_remove)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        for i, state in self.conv_states.items():
+            if state is not None:
+                self.conv_states[i] = state.repeat_interleave(repeats, dim=0)
+        DynamicLayer.batch_repeat_interleave(self, repeats)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        for i, state in self.conv_states.items():
+            if state is not None:
+                self.conv_states[i] = state[indices, ...]
+        DynamicLayer.batch_select_indices(self, indices)
+
+
+class MusicStaticCacheLayer(LinearAttentionAndStaticFullAttentionLayer):
+    """The same for a `StaticCache`: preallocated keys/values, states updated in place (compileable)."""
+
+    is_croppable = True
+
+    def __init__(self, max_cache_len: int, number_of_states: int = 2, **kwargs):
+        super().__init__(max_cache_len=max_cache_len, number_of_states=number_of_states)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        _crop_music_layer(self, StaticLayer, tokens_to_remove)
+
+
+_MUSIC_LAYER_FOR = {LinearAttentionAndFullAttentionLayer: MusicCacheLayer,
+                    LinearAttentionAndStaticFullAttentionLayer: MusicStaticCacheLayer}
+
+
+def music_cache(cache: Cache | None, config: MusicConfig) -> Cache | None:
+    """The cache to use: a music layer per block.
+
+    `DynamicCache(config=...)` and `StaticCache(config=...)` (what `generate` builds) hold transformers' "hybrid"
+    layers, as `config.layer_types` says: each gets the music layer class (a subclass adding no data, so the
+    instance is kept as it is). An empty `DynamicCache()` made without the config (as tutorials do) gets new music
+    layers. A cache of other layer types is refused."""
+    if cache is None:
+        return cache
+    if not cache.layers and getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:
+        cache.layers = [MusicCacheLayer() for _ in range(config.num_hidden_layers)]
+        cache.layer_class_to_replicate = None
+    for layer in cache.layers:
+        if type(layer) in _MUSIC_LAYER_FOR:
+            layer.__class__ = _MUSIC_LAYER_FOR[type(layer)]
+    if len(cache.layers) == config.num_hidden_layers and all(isinstance(layer, (MusicCacheLayer, MusicStaticCacheLayer))
+                                                             for layer in cache.layers):
+        return cache
+    raise ValueError(f"{type(cache).__name__} with layers {[type(layer).__name__ for layer in cache.layers]} cannot "
+                     "hold this model's state: build it with the model's config (DynamicCache(config=model.config) or "
+                     "StaticCache(config=model.config, max_cache_len=...)) or pass an empty DynamicCache()")
 
 
 # ----- norms ----------------------------------------------------------------------------------------
@@ -126,20 +215,33 @@ class MusicMLP(nn.Module):
 
 
 class CausalDepthwiseConv(nn.Module):
-    """Depthwise 1D convolution over time that sees only the current and the `kernel-1` previous positions."""
+    """Depthwise 1D convolution over time that sees only the current and the `kernel-1` previous positions, and
+    nothing before a sequence restart (a packed row's next piece)."""
 
     def __init__(self, config: MusicConfig):
         super().__init__()
         self.kernel_size = config.conv_kernel_size
         self.conv = nn.Conv1d(config.hidden_size, config.hidden_size, self.kernel_size, groups=config.hidden_size)
 
-    def forward(self, x: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, H); past: (B, P, H) inputs of earlier positions (from the cache) or None."""
-        t = x.shape[1]
-        if past is not None and past.shape[1] > 0:
-            x = torch.cat([past[:, -(self.kernel_size - 1):], x], dim=1) if self.kernel_size > 1 else x
-        x = F.pad(x.transpose(1, 2), (self.kernel_size - 1 - (x.shape[1] - t), 0))
-        return self.conv(x).transpose(1, 2)
+    def forward(self, x: torch.Tensor, past: torch.Tensor | None = None,
+                restart: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, H); past: (B, kernel-1, H) inputs before x (from the cache; zeros at a start) or None;
+        restart: (B, T) bool, True where a new sequence starts (nothing earlier may be seen from there on)."""
+        k, t = self.kernel_size, x.shape[1]
+        if past is None:
+            past = x.new_zeros(x.shape[0], k - 1, x.shape[2])
+        full = torch.cat([past[:, past.shape[1] - (k - 1):], x], dim=1)  # (B, k-1+T, H)
+        if restart is None:
+            return self.conv(full.transpose(1, 2)).transpose(1, 2)
+        # tap i sees position t-(k-1-i); it counts only inside the same sequence (segment) as t
+        segment = torch.cumsum(restart.long(), dim=-1)
+        segment_full = F.pad(segment, (k - 1, 0))  # the past belongs to the segment before any restart here
+        weight = self.conv.weight[:, 0, :]  # (H, k)
+        out = self.conv.bias
+        for i in range(k):
+            same = (segment_full[:, i:i + t] == segment)[..., None].to(x.dtype)
+            out = out + full[:, i:i + t] * same * weight[:, i]
+        return out
 
 
 def eager_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -185,21 +287,12 @@ class MusicAttention(nn.Module):
 
 
 # ----- block ----------------------------------------------------------------------------------------
-def _aux_cache_update(cache: Cache, index: int, new: torch.Tensor) -> torch.Tensor:
-    """Append `new` (B, T, D) to auxiliary cache layer `index` and return the whole history (B, P+T, D)."""
-    while len(cache.layers) <= index:
-        cache.layers.append(DynamicLayer())
-    full, _ = cache.layers[index].update(new[:, None], new[:, None, :, :0])
-    return full[:, 0]
-
-
 class MusicDecoderLayer(GradientCheckpointingLayer):
     """Pre-norm block: attention, optional causal depthwise conv, MLP; dropout on each residual branch."""
 
     def __init__(self, config: MusicConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
-        self.conv_cache_index = config.num_hidden_layers + 1 + layer_idx
         self.attn_norm = MaskedNorm(config)
         self.attn = MusicAttention(config, layer_idx)
         self.conv_norm = MaskedNorm(config) if config.conv_kernel_size > 0 else None
@@ -210,7 +303,8 @@ class MusicDecoderLayer(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-                token_mask: torch.Tensor | None = None, cache: Cache | None = None, **kwargs) -> torch.Tensor:
+                token_mask: torch.Tensor | None = None, restart: torch.Tensor | None = None,
+                cache: Cache | None = None, **kwargs) -> torch.Tensor:
         attn_out, _ = self.attn(self.attn_norm(hidden_states, token_mask), attention_mask, position_embeddings,
                                 cache=cache, **kwargs)
         hidden_states = hidden_states + self.dropout(attn_out)
@@ -219,19 +313,27 @@ class MusicDecoderLayer(GradientCheckpointingLayer):
             if token_mask is not None:  # padding enters the conv as zeros, exactly like the start of a sequence
                 conv_in = conv_in * token_mask[..., None].to(conv_in.dtype)
             past = None
-            if cache is not None:
-                past = _aux_cache_update(cache, self.conv_cache_index, conv_in)[:, : -conv_in.shape[1]]
-            hidden_states = hidden_states + self.dropout(self.conv(conv_in, past))
+            if cache is not None and self.conv.kernel_size > 1:
+                past = cache.get_conv_state(self.layer_idx, CONV_STATE)  # read before the in-place update below
+                past = past.transpose(1, 2) if past is not None else None
+            conv_out = self.conv(conv_in, past, restart)
+            if cache is not None and self.conv.kernel_size > 1:
+                cache.update_conv_state(conv_in.transpose(1, 2), self.layer_idx, CONV_STATE,
+                                        conv_kernel_size=self.conv.kernel_size - 1)
+            hidden_states = hidden_states + self.dropout(conv_out)
         return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states, token_mask)))
 
 
 # ----- music embeddings -----------------------------------------------------------------------------
 def carry_forward(values: torch.Tensor, default: int = -1) -> torch.Tensor:
-    """For each position, the last value >= 0 at or before it (else `default`); a cumulative-max scan."""
+    """For each position, the last value other than -1 at or before it (else `default`); a cumulative-max scan."""
     steps = torch.arange(values.shape[-1], device=values.device).expand_as(values)
-    last = torch.where(values >= 0, steps, -1).cummax(dim=-1).values
+    last = torch.where(values != -1, steps, -1).cummax(dim=-1).values
     carried = values.gather(-1, last.clamp(min=0))
     return torch.where(last >= 0, carried, torch.full_like(carried, default))
+
+
+NO_VALUE = -2  # a restart with no value of its own: carries "none" (-1) forward instead of the previous piece's
 
 
 class MusicEmbeddings(nn.Module):
@@ -256,32 +358,94 @@ class MusicEmbeddings(nn.Module):
         if config.position_embedding_type == "learned":
             self.position = nn.Embedding(config.max_position_embeddings, h)
         self.dropout = nn.Dropout(config.embedding_dropout)
-        for name in ("pitch", "program_set", "position_set", "bar_count"):
-            self.register_buffer(name + "_table", self.table(name), persistent=False)
+        self.reset_tables()
+
+    @property
+    def uses_attributes(self) -> bool:
+        cfg = self.config
+        return cfg.use_note_embedding or cfg.use_instrument_embedding or cfg.use_temporal_embedding
 
     def table(self, name: str) -> torch.Tensor:
         return torch.tensor(getattr(self.config, "token_" + name), dtype=torch.long)
 
-    def music_attributes(self, history_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-position attribute indices from the whole token history (B, T): vectorized scans, no loops."""
-        pitch = self.pitch_table[history_ids]
-        program = carry_forward(self.program_set_table[history_ids])
-        position = carry_forward(self.position_set_table[history_ids])
-        bars = torch.cumsum(self.bar_count_table[history_ids], dim=-1)
-        return {
+    def reset_tables(self) -> None:
+        """(Re)build the per-id attribute buffers from the config (after a vocabulary resize too)."""
+        for name in ("pitch", "program_set", "position_set", "bar_count"):
+            old, new = getattr(self, name + "_table", None), self.table(name)
+            self.register_buffer(name + "_table", new if old is None else new.to(old.device), persistent=False)
+
+    def carried(self, ids: torch.Tensor, restart: torch.Tensor | None = None,
+                state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Program in force, position in the bar and bar count at each position of `ids` (B, T): vectorized scans.
+
+        `state` (B, 3): the three values before `ids` (from the cache), or None at the start. `restart` (B, T) bool:
+        a new sequence starts there (a packed row), so nothing before it is carried past it.
+        """
+        program_set, position_set = self.program_set_table[ids], self.position_set_table[ids]
+        bar_count = self.bar_count_table[ids]
+        if state is not None:  # the cached values act as a first, already seen token
+            program_set = torch.cat([state[:, :1], program_set], dim=-1)
+            position_set = torch.cat([state[:, 1:2], position_set], dim=-1)
+            if restart is not None:
+                restart = F.pad(restart, (1, 0), value=False)
+        if restart is not None:
+            program_set = torch.where(restart & (program_set == -1), NO_VALUE, program_set)
+            position_set = torch.where(restart & (position_set == -1), NO_VALUE, position_set)
+        program = carry_forward(program_set).clamp(min=-1)
+        position = carry_forward(position_set).clamp(min=-1)
+        bars = torch.cumsum(bar_count, dim=-1)
+        if state is not None:
+            program, position, restart = program[:, 1:], position[:, 1:], restart[:, 1:] if restart is not None else None
+            bars = bars + state[:, 2:3]
+        if restart is not None:  # bars counted before a restart belong to the previous piece
+            bars = bars - carry_forward(torch.where(restart, bars - bar_count, -1), default=0)
+        return program, position, bars
+
+    def music_attributes(self, ids: torch.Tensor, restart: torch.Tensor | None = None,
+                         state: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Per-position embedding indices (pitch class, octave, instrument, bar position, bar index) of `ids`."""
+        return self._attributes(ids, restart, state)[0]
+
+    def _attributes(self, ids: torch.Tensor, restart: torch.Tensor | None,
+                    state: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        pitch = self.pitch_table[ids]
+        program, position, bars = self.carried(ids, restart, state)
+        attributes = {
             "pitch_class": torch.where(pitch >= 0, pitch % 12 + 1, 0),
             "octave": torch.where(pitch >= 0, (pitch // 12).clamp(max=NUM_OCTAVES - 1) + 1, 0),
             "instrument": program + 1,  # -1 (none) -> 0, program p -> p + 1, drums 128 -> 129
             "bar_position": (position + 1).clamp(max=self.config.num_positions_in_bar),
             "bar_index": (bars - 1).clamp(min=0, max=self.config.max_bars - 1),
         }
+        return attributes, torch.stack([program, position, bars], dim=1)
 
-    def forward(self, input_ids: torch.Tensor, history_ids: torch.Tensor, position_ids: torch.Tensor,
-                genre_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def attribute_ids(self, input_ids: torch.Tensor | None, attribute_ids: torch.Tensor | None,
+                      length: int) -> torch.Tensor:
+        """The ids whose music attributes apply at each of `length` positions: `input_ids`, else `attribute_ids`
+        aligned to the right (soft-prompt positions before them, as PEFT prompt tuning adds, carry none)."""
+        ids = input_ids if input_ids is not None else attribute_ids
+        if ids is None:
+            raise ValueError(
+                "inputs_embeds without input_ids: the music embeddings (note, instrument, bar position) need the "
+                "token ids. Pass input_ids alongside inputs_embeds, or attribute_ids=<the ids the embeddings stand "
+                "for>, or build the model with use_note_embedding, use_instrument_embedding and "
+                "use_temporal_embedding all False")
+        pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
+        ids = torch.where((ids < 0) | (ids >= self.config.vocab_size), pad, ids)
+        if ids.shape[1] < length:
+            ids = F.pad(ids, (length - ids.shape[1], 0), value=pad)
+        return ids[:, ids.shape[1] - length:]
+
+    def forward(self, input_ids: torch.Tensor | None, position_ids: torch.Tensor,
+                genre_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                attribute_ids: torch.Tensor | None = None, restart: torch.Tensor | None = None,
+                state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The summed embeddings (B, T, H) and the carried values at each position (B, 3, T) for the cache."""
         x = self.token(input_ids) if inputs_embeds is None else inputs_embeds
         cfg = self.config
-        if cfg.use_note_embedding or cfg.use_instrument_embedding or cfg.use_temporal_embedding:
-            attrs = {k: v[:, -input_ids.shape[1]:] for k, v in self.music_attributes(history_ids).items()}
+        carried = None
+        if self.uses_attributes:
+            attrs, carried = self._attributes(self.attribute_ids(input_ids, attribute_ids, x.shape[1]), restart, state)
             if cfg.use_note_embedding:
                 x = x + self.pitch_class(attrs["pitch_class"]) + self.octave(attrs["octave"])
             if cfg.use_instrument_embedding:
@@ -290,11 +454,15 @@ class MusicEmbeddings(nn.Module):
                 x = x + self.bar_position(attrs["bar_position"]) + self.bar_index(attrs["bar_index"])
         if cfg.use_genre_embedding:
             if genre_ids is None:
-                genre_ids = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
-            x = x + self.genre(genre_ids.view(-1))[:, None, :]
+                genre_ids = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            genre_ids = genre_ids.view(-1)
+            if not is_torchdynamo_compiling() and ((genre_ids < 0) | (genre_ids >= cfg.num_genres)).any():
+                bad = sorted({int(g) for g in genre_ids.tolist() if not 0 <= g < cfg.num_genres})
+                raise ValueError(f"genre_ids {bad} outside this model's genres {cfg.id2genre}")
+            x = x + self.genre(genre_ids)[:, None, :]
         if cfg.position_embedding_type == "learned":
             x = x + self.position(position_ids.clamp(max=cfg.max_position_embeddings - 1))
-        return self.dropout(x)
+        return self.dropout(x), carried
 
 
 # ----- models ---------------------------------------------------------------------------------------
@@ -307,7 +475,8 @@ class MusicPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
+    _can_compile_fullgraph = True
+    _can_record_outputs = {"hidden_states": MusicDecoderLayer, "attentions": MusicAttention}
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -322,13 +491,25 @@ class MusicPreTrainedModel(PreTrainedModel):
         elif isinstance(module, MusicRotaryEmbedding):
             init.copy_(module.inv_freq, module.compute_inv_freq())
 
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """transformers' resize, plus the per-id attribute tables: new ids (added special tokens, padding to a
+        multiple) get neutral attributes (no pitch, program, position or bar), removed ids lose theirs."""
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self.config.resize_attribute_tables(embeddings.num_embeddings)
+        self.get_base_model().embeddings.reset_tables()
+        return embeddings
+
+    def get_base_model(self) -> MusicModel:
+        return getattr(self, self.base_model_prefix, self)
+
     @torch.no_grad()
     def embed_piece(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     genre_ids: torch.Tensor | None = None) -> torch.Tensor:
         """A fixed-size, L2-normalized embedding per sequence (mean of final hidden states over real tokens),
         for similarity search and recommendation."""
-        base = self.get_base_model() if hasattr(self, "get_base_model") else self.base_model
-        hidden = base(input_ids=input_ids, attention_mask=attention_mask, genre_ids=genre_ids).last_hidden_state
+        hidden = self.get_base_model()(input_ids=input_ids, attention_mask=attention_mask, genre_ids=genre_ids,
+                                       use_cache=False).last_hidden_state
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         mask = mask[..., None].to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -353,6 +534,8 @@ class MusicModel(MusicPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.token = value
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -361,37 +544,45 @@ class MusicModel(MusicPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         genre_ids: torch.LongTensor | None = None,
+        attribute_ids: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        if input_ids is None:
-            raise ValueError("MusicModel needs input_ids: its music embeddings are computed from the token ids")
+        """`genre_ids` (B,): one genre per sequence (0 = unknown). `attribute_ids` (B, <=T): with `inputs_embeds`
+        and no `input_ids`, the ids whose music attributes apply (right-aligned; earlier positions carry none).
+        `position_ids` going back to 0 inside a row start a new sequence there (packed, padding-free batches)."""
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("MusicModel needs input_ids or inputs_embeds")
+        reference = inputs_embeds if inputs_embeds is not None else input_ids
+        batch, length = reference.shape[:2]
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
+        cache = music_cache(cache, self.config)
         past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
             # count real tokens only, so a left-padded row gets the positions it would have alone
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
         elif position_ids is None:
-            position_ids = (torch.arange(input_ids.shape[1], device=input_ids.device) + past)[None].expand_as(input_ids)
-        # the whole token history (kept in the cache) feeds the carried attributes
-        history = input_ids if cache is None else _aux_cache_update(
-            cache, self.config.num_hidden_layers, input_ids[..., None])[..., 0]
-        hidden = self.embeddings(input_ids, history, position_ids, genre_ids, inputs_embeds)
+            position_ids = (torch.arange(length, device=reference.device) + past)[None].expand(batch, -1)
+        restart = position_ids == 0
+        state = None
+        if cache is not None and self.embeddings.uses_attributes:
+            state = cache.get_conv_state(0, CARRIED_STATE)
+            state = state[..., -1] if state is not None else None
+        hidden, carried = self.embeddings(input_ids, position_ids, genre_ids, inputs_embeds, attribute_ids,
+                                          restart, state)
+        if cache is not None and carried is not None:
+            cache.update_conv_state(carried, 0, CARRIED_STATE, conv_kernel_size=1)
         mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask,
                                   cache=cache, position_ids=position_ids)
-        token_mask = attention_mask[:, -input_ids.shape[1]:] if attention_mask is not None else None
+        token_mask = attention_mask[:, -length:] if attention_mask is not None and attention_mask.dim() == 2 else None
         rotary = self.rotary(hidden, position_ids) if self.rotary is not None else None
-        all_hidden = [hidden] if output_hidden_states else None
         for layer in self.layers:
-            hidden = layer(hidden, mask, rotary, token_mask, cache=cache, **kwargs)
-            if all_hidden is not None:
-                all_hidden.append(hidden)
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary, token_mask=token_mask,
+                           restart=restart, cache=cache, **kwargs)
         hidden = self.norm(hidden, token_mask)
-        return BaseModelOutputWithPast(last_hidden_state=hidden, cache=cache if use_cache else None,
-                                       hidden_states=tuple(all_hidden) if all_hidden else None)
+        return BaseModelOutputWithPast(last_hidden_state=hidden, cache=cache if use_cache else None)
 
 
 class MusicForCausalLM(MusicPreTrainedModel, GenerationMixin):
@@ -408,6 +599,11 @@ class MusicForCausalLM(MusicPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -416,18 +612,19 @@ class MusicForCausalLM(MusicPreTrainedModel, GenerationMixin):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         genre_ids: torch.LongTensor | None = None,
+        attribute_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """`labels` are the input ids (shifted inside the loss), -100 where ignored. `num_items_in_batch` in
-        kwargs normalizes the summed loss by a token count shared across accumulation steps and processes."""
-        loss_kwargs = {k: kwargs.pop(k) for k in ("num_items_in_batch", "ignore_index") if k in kwargs}
+        """`labels` are the input ids (shifted inside the loss), -100 where ignored; `shift_labels` (already
+        shifted, as context parallelism passes them) may replace them. `num_items_in_batch` normalizes the summed
+        loss by a token count shared across accumulation steps and processes."""
+        loss_kwargs = {k: kwargs.pop(k) for k in ("num_items_in_batch", "ignore_index", "shift_labels") if k in kwargs}
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             cache=cache, inputs_embeds=inputs_embeds, genre_ids=genre_ids, use_cache=use_cache,
-                             output_hidden_states=output_hidden_states, **kwargs)
+                             cache=cache, inputs_embeds=inputs_embeds, genre_ids=genre_ids,
+                             attribute_ids=attribute_ids, use_cache=use_cache, **kwargs)
         hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             hidden = hidden[:, -logits_to_keep:]
@@ -435,10 +632,10 @@ class MusicForCausalLM(MusicPreTrainedModel, GenerationMixin):
             hidden = hidden[:, logits_to_keep]
         logits = self.lm_head(hidden)
         loss = None
-        if labels is not None:
+        if labels is not None or loss_kwargs.get("shift_labels") is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache,
-                                      hidden_states=outputs.hidden_states)
+                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 class MusicForSequenceClassification(GenericForSequenceClassification, MusicPreTrainedModel):
@@ -458,4 +655,4 @@ class MusicForSequenceClassification(GenericForSequenceClassification, MusicPreT
 
 
 __all__ = ["MusicPreTrainedModel", "MusicModel", "MusicForCausalLM", "MusicForSequenceClassification",
-           "carry_forward"]
+           "MusicCacheLayer", "MusicStaticCacheLayer", "carry_forward"]

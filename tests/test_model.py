@@ -449,7 +449,7 @@ def test_embeddings_with_cache_equal_full_history(tokenizer, piece_ids):
     model = make_lm(tokenizer, "layernorm", 3, "learned")
     ids = window_batch(piece_ids, 60)
     captured = []
-    hook = model.model.embeddings.register_forward_hook(lambda mod, args, out: captured.append(out))
+    hook = model.model.embeddings.register_forward_hook(lambda mod, args, out: captured.append(out[0]))
     try:
         with torch.no_grad():
             model(ids, use_cache=False)
