@@ -25,8 +25,9 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import (Cache, DynamicCache, DynamicLayer, LinearAttentionAndFullAttentionLayer,
                                       LinearAttentionAndStaticFullAttentionLayer, StaticLayer)
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_layers import GenericForSequenceClassification, GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (BaseModelOutputWithPast, CausalLMOutputWithPast,
+                                           SequenceClassifierOutputWithPast)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
@@ -559,11 +560,14 @@ class MusicModel(MusicPreTrainedModel):
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         cache = music_cache(cache, self.config)
-        past = cache.get_seq_length() if cache is not None else 0
-        if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
+        # `generate` may pass the masks already built per layer pattern ("hybrid": attention + 2D padding mask)
+        premade = attention_mask if isinstance(attention_mask, dict) else None
+        padding = attention_mask if premade is None and attention_mask is not None and attention_mask.dim() == 2 else None
+        if position_ids is None and padding is not None:
             # count real tokens only, so a left-padded row gets the positions it would have alone
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+            position_ids = (padding.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
         elif position_ids is None:
+            past = cache.get_seq_length() if cache is not None else 0
             position_ids = (torch.arange(length, device=reference.device) + past)[None].expand(batch, -1)
         restart = position_ids == 0
         state = None
@@ -574,9 +578,12 @@ class MusicModel(MusicPreTrainedModel):
                                           restart, state)
         if cache is not None and carried is not None:
             cache.update_conv_state(carried, 0, CARRIED_STATE, conv_kernel_size=1)
-        mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask,
-                                  cache=cache, position_ids=position_ids)
-        token_mask = attention_mask[:, -length:] if attention_mask is not None and attention_mask.dim() == 2 else None
+        if premade is not None:
+            mask, token_mask = premade["full_attention"], premade.get("linear_attention")
+        else:
+            mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask,
+                                      cache=cache, position_ids=position_ids)
+            token_mask = padding[:, -length:] if padding is not None else None
         rotary = self.rotary(hidden, position_ids) if self.rotary is not None else None
         for layer in self.layers:
             hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary, token_mask=token_mask,
@@ -624,7 +631,7 @@ class MusicForCausalLM(MusicPreTrainedModel, GenerationMixin):
         loss_kwargs = {k: kwargs.pop(k) for k in ("num_items_in_batch", "ignore_index", "shift_labels") if k in kwargs}
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              cache=cache, inputs_embeds=inputs_embeds, genre_ids=genre_ids,
-                             attribute_ids=attribute_ids, use_cache=use_cache, **kwargs)
+                             attribute_ids=attribute_ids, use_cache=use_cache, return_dict=True, **kwargs)
         hidden = outputs.last_hidden_state
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             hidden = hidden[:, -logits_to_keep:]
@@ -638,20 +645,53 @@ class MusicForCausalLM(MusicPreTrainedModel, GenerationMixin):
                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
-class MusicForSequenceClassification(GenericForSequenceClassification, MusicPreTrainedModel):
-    """Genre (or any label) from the last real token's hidden state.
+class MusicForSequenceClassification(MusicPreTrainedModel):
+    """Genre (or any label) from the last real token's hidden state (transformers' generic pooling and loss).
 
-    The generic head builds its base model with `AutoModel.from_config`, which cannot find `MusicModel` when this
-    class is loaded with `trust_remote_code` (the Auto registry only knows the local `music_hf` import), so the
-    base model is built directly here; forward, pooling and loss stay the generic ones.
+    Written out rather than inherited from `GenericForSequenceClassification`: the generic forward reads its base
+    model's output as a ModelOutput, which breaks where `config.return_dict` is False, and its base model comes from
+    `AutoModel.from_config`, which cannot find `MusicModel` when loaded with `trust_remote_code`.
     """
 
     def __init__(self, config: MusicConfig):
-        super(GenericForSequenceClassification, self).__init__(config)
+        super().__init__(config)
         self.num_labels = config.num_labels
         self.model = MusicModel(config)
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
         self.post_init()
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        genre_ids: torch.LongTensor | None = None,
+        attribute_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast:
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             cache=cache, inputs_embeds=inputs_embeds, genre_ids=genre_ids,
+                             attribute_ids=attribute_ids, use_cache=use_cache, return_dict=True, **kwargs)
+        logits = self.score(outputs.last_hidden_state)
+        batch = logits.shape[0]
+        ids = input_ids if input_ids is not None else attribute_ids
+        if self.config.pad_token_id is None or ids is None or ids.shape[1] != logits.shape[1]:
+            last = torch.full((batch,), logits.shape[1] - 1, device=logits.device)
+        else:  # the rightmost real token, for left and right padding alike
+            real = (ids != self.config.pad_token_id).to(logits.device, torch.int32)
+            last = (torch.arange(ids.shape[-1], device=logits.device, dtype=torch.int32) * real).argmax(-1)
+        pooled = logits[torch.arange(batch, device=logits.device), last]
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled, config=self.config)
+        return SequenceClassifierOutputWithPast(loss=loss, logits=pooled, cache=outputs.cache,
+                                                hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
 __all__ = ["MusicPreTrainedModel", "MusicModel", "MusicForCausalLM", "MusicForSequenceClassification",

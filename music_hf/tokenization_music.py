@@ -72,6 +72,47 @@ def default_miditok_config(**overrides: Any) -> miditok.TokenizerConfig:
     return miditok.TokenizerConfig(**params)
 
 
+def _json_value(value: Any) -> Any:
+    """`json.dumps` fallback for miditok setting values: sets, ranges and arrays become lists."""
+    if isinstance(value, (set, frozenset, range)):
+        return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"miditok_config value {value!r} ({type(value).__name__}) cannot be saved as JSON")
+
+
+def miditok_config_to_json(overrides: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`default_miditok_config` overrides in the JSON form `tokenizer_config.json` keeps them in.
+
+    Beat ranges become "start_end" keys (miditok's own file format), other keys strings, tuples lists: the form a
+    save/reload gives back, so the saved value and the value in memory are the same.
+    """
+    if overrides is None:
+        return None
+    if not isinstance(overrides, dict):
+        raise TypeError(f"miditok_config must be a dict of miditok.TokenizerConfig settings, "
+                        f"not {type(overrides).__name__}")
+    params = dict(overrides)
+    for key in ("beat_res", "beat_res_rest"):
+        if isinstance(params.get(key), dict):
+            params[key] = {("_".join(str(int(b)) for b in k) if isinstance(k, (tuple, list)) else str(k)): v
+                           for k, v in params[key].items()}
+    return json.loads(json.dumps(params, default=_json_value))
+
+
+def miditok_config_from_json(params: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `miditok_config_to_json` (as miditok's `TokenizerConfig.load_from_json` reads its file);
+    overrides in Python form pass through unchanged."""
+    params = dict(params)
+    for key in ("beat_res", "beat_res_rest"):
+        if isinstance(params.get(key), dict):
+            params[key] = {(tuple(int(b) for b in k.split("_")) if isinstance(k, str) else k): v
+                           for k, v in params[key].items()}
+    if isinstance(params.get("time_signature_range"), dict):
+        params["time_signature_range"] = {int(k): v for k, v in params["time_signature_range"].items()}
+    return params
+
+
 @contextlib.contextmanager
 def _quiet_stdout():
     """Silence C-level stdout (symusic prints ABC warnings there) for the duration of the block."""
@@ -186,41 +227,74 @@ class MusicTokenizer(PreTrainedTokenizer):
     `decode_midi(ids)` turns ids into a `symusic.Score`. The miditok tokenizer is `tokenizer.miditok`.
     """
 
-    vocab_files_names = {"miditok_file": MIDITOK_FILE}
+    vocab_files_names = {"vocab_file": MIDITOK_FILE}
     model_input_names = ["input_ids", "attention_mask"]
 
     def __init__(
         self,
-        miditok_file: str | None = None,
+        vocab_file: str | os.PathLike | None = None,
         tokenization: str = "REMI",
         miditok_config: dict[str, Any] | None = None,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         max_quarter_notes: int = DEFAULT_MAX_QUARTER_NOTES,
         special_tokens_pattern: str = "bos_eos",
+        bos_token: str | None = SPECIAL_TOKENS["bos_token"],
+        eos_token: str | None = SPECIAL_TOKENS["eos_token"],
+        pad_token: str | None = SPECIAL_TOKENS["pad_token"],
+        mask_token: str | None = SPECIAL_TOKENS["mask_token"],
         **kwargs: Any,
     ):
+        """
+        Args:
+            vocab_file: a saved miditok tokenizer (`miditok_config.json`: its settings and any learned BPE);
+                `from_pretrained` passes the saved folder's. It holds the whole vocabulary, so when given,
+                `miditok_config` is only kept as the record of the overrides it was first built from.
+                `miditok_file` (the old name of this argument) is accepted as an alias.
+            tokenization: the miditok tokenization class (REMI by default; one token stream is needed).
+            miditok_config: overrides of `default_miditok_config` (miditok `TokenizerConfig` settings).
+            max_file_bytes, max_quarter_notes: inputs beyond these raise `MusicFileError`.
+            special_tokens_pattern: transformers' pattern for `add_special_tokens=True` ("bos_eos": BOS ... EOS).
+            bos_token, eos_token, pad_token, mask_token: miditok special token names (`None` for none).
+            unk_token (in kwargs, as the other transformers special tokens): unknown token names encode to it;
+                without one (the default) they raise `ValueError`.
+        """
+        legacy_file = kwargs.pop("miditok_file", None)  # never saved again: vocab-file names are not saved
+        if vocab_file is None and legacy_file is not None and "name_or_path" not in kwargs:
+            # Passed directly. From a loaded tokenizer_config.json (`from_pretrained` sets name_or_path) the path
+            # is not followed: transformers trusts no vocab-file path there (it could point outside the repository)
+            # and passes the repository's own miditok_config.json as vocab_file instead.
+            vocab_file = legacy_file
         if not hasattr(miditok, tokenization):
             raise ValueError(f"unknown miditok tokenization {tokenization!r}")
         tok_class = getattr(miditok, tokenization)
-        if miditok_file is not None:
-            self.miditok = tok_class(params=Path(miditok_file))
+        # kept (and saved) in JSON form: beat ranges as "start_end" keys, as miditok's own file writes them
+        self.miditok_config = miditok_config_to_json(miditok_config)
+        if vocab_file is not None:
+            self.miditok = tok_class(params=Path(vocab_file))
         else:
-            self.miditok = tok_class(default_miditok_config(**(miditok_config or {})))
+            self.miditok = tok_class(default_miditok_config(**miditok_config_from_json(miditok_config or {})))
         if not self.miditok.one_token_stream:
             raise ValueError(f"{tokenization} with this config makes one stream per track; MusicTokenizer needs one")
         self.tokenization = tokenization
         self.max_file_bytes = max_file_bytes
         self.max_quarter_notes = max_quarter_notes
         self._build_vocab()  # PythonBackend.__init__ calls get_vocab(): the vocabulary must exist first
-        for name, token in SPECIAL_TOKENS.items():
-            kwargs.setdefault(name, token)
         super().__init__(
             tokenization=tokenization,
+            miditok_config=self.miditok_config,
             max_file_bytes=max_file_bytes,
             max_quarter_notes=max_quarter_notes,
             special_tokens_pattern=special_tokens_pattern,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            pad_token=pad_token,
+            mask_token=mask_token,
             **kwargs,
         )
+        # PythonBackend pops `special_tokens_pattern` before PreTrainedTokenizerBase records `init_kwargs`, so it
+        # would not be saved; as transformers' own tokenizers do for such arguments (wav2vec2's target_lang), record
+        # it here: `save_pretrained` writes the current value of every attribute named in `init_kwargs`.
+        self.init_kwargs["special_tokens_pattern"] = special_tokens_pattern
 
     # ----- vocabulary -----------------------------------------------------------------------------
     def _build_vocab(self) -> None:
@@ -253,9 +327,17 @@ class MusicTokenizer(PreTrainedTokenizer):
         return text.split()
 
     def _convert_token_to_id(self, token: str) -> int:
-        if token not in self._token_to_id:
-            raise ValueError(f"unknown token {token!r} (not in this {self.tokenization} vocabulary)")
-        return self._token_to_id[token]
+        index = self._token_to_id.get(token)
+        if index is not None:
+            return index
+        if self.unk_token is None:  # the default: a misspelt token name is an error, not a silent UNK
+            raise ValueError(f"unknown token {token!r} (not in this {self.tokenization} vocabulary; "
+                             "set unk_token to map unknown names to it)")
+        unk = str(self.unk_token)  # looked up here, not by unk_token_id, which would come back to this method
+        unk_id = self._token_to_id.get(unk, self._added_tokens_encoder.get(unk))
+        if unk_id is None:
+            raise ValueError(f"unknown token {token!r}, and unk_token {unk!r} is not in the vocabulary either")
+        return unk_id
 
     def _convert_id_to_token(self, index: int) -> str:
         return self._id_to_token[index]

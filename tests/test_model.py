@@ -570,3 +570,230 @@ def test_tiny_model_overfits_real_pieces_and_generates_music(tokenizer, piece_id
         notes = sum(tokenizer.music_attributes()["note_count"][i] for i in body)
         assert piece.score.note_num() == notes > 0
         assert tokenizer.grammar_errors(body) == 0.0
+
+
+# ----- 10. the transformers contract: what users of from_pretrained, generate, Trainer and PEFT rely on --------
+def test_past_key_values_name_is_accepted_with_a_deprecation_warning(tokenizer, piece_ids):
+    """`past_key_values=` (the pre-5.24 name in most user code) is the cache, with a FutureWarning; never ignored."""
+    model = make_lm(tokenizer, conv=3)
+    ids = window_batch(piece_ids, 40)
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        first = model(ids[:, :17], use_cache=True)
+        with pytest.warns(FutureWarning, match="past_key_values"):
+            rest = model(ids[:, 17:], past_key_values=first.cache, use_cache=True)
+    torch.testing.assert_close(rest.logits, full[:, 17:], atol=1e-5, rtol=1e-5)
+
+
+def test_attention_weights_in_every_output_and_in_assisted_decoding(tokenizer, piece_ids):
+    model = make_lm(tokenizer, conv=3)
+    model.set_attn_implementation("eager")
+    ids = window_batch(piece_ids, 24)
+    with torch.no_grad():
+        out = model(ids, output_attentions=True)
+        base = model.model(ids, output_attentions=True)
+        clf = MusicForSequenceClassification(model.config).eval()
+        clf.set_attn_implementation("eager")
+        clf_out = clf(ids, output_attentions=True)
+    for attentions in (out.attentions, base.attentions, clf_out.attentions):
+        assert len(attentions) == model.config.num_hidden_layers
+        assert attentions[0].shape == (2, model.config.num_attention_heads, 24, 24)
+        torch.testing.assert_close(attentions[0].sum(-1), torch.ones(2, model.config.num_attention_heads, 24))
+        assert torch.all(attentions[0].triu(1) == 0)  # causal
+    assistant = make_lm(tokenizer, seed=5)
+    assistant.set_attn_implementation("eager")
+    prompt = ids[:1, :12]
+    for extra in ({"assistant_model": assistant}, {"prompt_lookup_num_tokens": 3}):
+        gen = model.generate(prompt, max_new_tokens=10, do_sample=False, output_attentions=True,
+                             return_dict_in_generate=True, pad_token_id=0, **extra)
+        plain = model.generate(prompt, max_new_tokens=10, do_sample=False, pad_token_id=0)
+        assert torch.equal(gen.sequences, plain), extra  # drafts verified: the same greedy tokens
+        assert gen.attentions and gen.attentions[0][0].shape[1] == model.config.num_attention_heads
+
+
+def test_config_output_hidden_states_and_return_dict(tokenizer, piece_ids):
+    model = make_lm(tokenizer)
+    ids = window_batch(piece_ids, 16)
+    with torch.no_grad():
+        model.config.output_hidden_states = True
+        out = model(ids)
+        assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+        torch.testing.assert_close(out.hidden_states[-1], model.model(ids).last_hidden_state)
+        model.config.output_hidden_states = False
+        assert model(ids).hidden_states is None
+        model.config.return_dict = False
+        as_tuple = model(ids)
+        assert isinstance(as_tuple, tuple)
+        torch.testing.assert_close(as_tuple[0], out.logits)
+        clf = MusicForSequenceClassification(model.config).eval()
+        assert isinstance(clf(ids), tuple)  # the classifier head too
+        model.config.return_dict = True
+        assert isinstance(model(ids, return_dict=False), tuple)
+
+
+def test_added_special_token_and_resize_round_trip(tokenizer, piece_ids, tmp_path):
+    """A token added to the tokenizer, the model resized (padded to a multiple of 64): the new id runs, gets neutral
+    attributes, and model + tokenizer save and reload consistently."""
+    tok = MusicTokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<infill>"]})
+    new_id = tok.convert_tokens_to_ids("<infill>")
+    assert new_id == len(tokenizer)
+    model = make_lm(tokenizer)
+    model.resize_token_embeddings(len(tok), pad_to_multiple_of=64)
+    size = model.config.vocab_size
+    assert size % 64 == 0 and size > new_id
+    for name in ("kind", "pitch", "program_set", "position_set", "bar_count", "note_count"):
+        table = getattr(model.config, "token_" + name)
+        assert len(table) == size and table[:len(tokenizer)] == getattr(make_lm(tokenizer).config, "token_" + name)
+    assert model.config.token_pitch[new_id] == -1 and model.config.token_bar_count[new_id] == 0
+    ids = torch.tensor([piece_ids["chorale"][:20] + [new_id] + piece_ids["chorale"][20:30]])
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape == (1, 31, size)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    reloaded_tok = MusicTokenizer.from_pretrained(tmp_path)
+    assert reloaded_tok.convert_tokens_to_ids("<infill>") == new_id
+    assert reloaded_tok(" ".join(tok.convert_ids_to_tokens(ids[0].tolist())))["input_ids"][1:-1] == ids[0].tolist()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, logits)
+    assert MusicConfig.from_tokenizer(tok).vocab_size == len(tok)  # a config for the grown tokenizer too
+
+
+def test_inputs_embeds_with_attribute_ids_in_forward_and_generate(tokenizer, piece_ids):
+    model = make_lm(tokenizer, conv=3)
+    ids = window_batch(piece_ids, 20)
+    embeds = model.get_input_embeddings()(ids)
+    with torch.no_grad():
+        expected = model(ids).logits
+        torch.testing.assert_close(model(inputs_embeds=embeds, attribute_ids=ids).logits, expected)
+        torch.testing.assert_close(model(input_ids=ids, inputs_embeds=embeds).logits, expected)
+        with pytest.raises(ValueError, match="attribute_ids"):
+            model(inputs_embeds=embeds)
+    plain = model.generate(ids[:1], max_new_tokens=8, do_sample=False, pad_token_id=0)
+    from_embeds = model.generate(inputs_embeds=embeds[:1], attribute_ids=ids[:1], max_new_tokens=8,
+                                 do_sample=False, pad_token_id=0)
+    assert from_embeds[0].tolist() == plain[0, ids.shape[1]:].tolist()
+    # soft prompts (PEFT prompt tuning) come first and carry no attributes: attribute_ids align to the right
+    soft = torch.randn(2, 4, model.config.hidden_size)
+    with torch.no_grad():
+        with_soft = model(inputs_embeds=torch.cat([soft, embeds], 1), attribute_ids=ids).logits
+        padded = torch.cat([torch.full((2, 4), tokenizer.pad_token_id), ids], 1)
+        torch.testing.assert_close(with_soft, model(inputs_embeds=torch.cat([soft, embeds], 1),
+                                                    attribute_ids=padded).logits)
+
+
+def test_peft_prompt_tuning_trains_with_attribute_ids(tokenizer, piece_ids):
+    peft = pytest.importorskip("peft")
+    model = make_lm(tokenizer)
+    tuned = peft.get_peft_model(model, peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    ids = window_batch(piece_ids, 32)
+    optimizer = torch.optim.AdamW([p for p in tuned.parameters() if p.requires_grad], lr=0.05)
+    tuned.train()
+    losses = []
+    for _ in range(5):
+        loss = tuned(input_ids=ids, labels=ids, attribute_ids=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("conv", [0, 3])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_sequences_restart_carried_attributes(tokenizer, piece_ids, conv, attn):
+    """Padding-free packing (DataCollatorWithFlattening: pieces concatenated, position_ids restarting at 0): the
+    second piece's logits are exactly those it gets alone: no instrument, bar position, bar index, conv input or
+    attention leaks across the boundary. (As in transformers, packing is a cache-free, training-time format.)"""
+    from transformers import DataCollatorWithFlattening
+
+    model = make_lm(tokenizer, conv=conv)
+    model.set_attn_implementation(attn)
+    first, second = piece_ids["band"][:50], piece_ids["palestrina"][60:100]  # the second starts mid-piece
+    batch = DataCollatorWithFlattening()([{"input_ids": first}, {"input_ids": second}])
+    assert batch["position_ids"][0, len(first)] == 0
+    with torch.no_grad():
+        packed = model(batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        alone = [model(torch.tensor([seq])).logits for seq in (first, second)]
+    torch.testing.assert_close(packed[:, :len(first)], alone[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed[:, len(first):], alone[1], atol=1e-5, rtol=1e-5)
+    attrs = model.model.embeddings.music_attributes(batch["input_ids"], restart=batch["position_ids"] == 0)
+    alone_attrs = model.model.embeddings.music_attributes(torch.tensor([second]))
+    for key, value in alone_attrs.items():
+        assert attrs[key][0, len(first):].tolist() == value[0].tolist(), key
+
+
+def test_shift_labels_replace_labels_in_the_loss(tokenizer, piece_ids):
+    model = make_lm(tokenizer)
+    ids = window_batch(piece_ids, 30)
+    labels = ids.clone()
+    labels[:, :5] = -100
+    shift = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:].contiguous()
+    with torch.no_grad():
+        expected = model(ids, labels=labels).loss
+        torch.testing.assert_close(model(ids, shift_labels=shift).loss, expected)
+        other = shift.clone()
+        other[:, :10] = -100
+        assert not torch.allclose(model(ids, labels=labels, shift_labels=other).loss, expected)
+
+
+def test_cache_holds_fixed_size_state_per_layer(tokenizer, piece_ids):
+    """One cache layer per block; the carried attributes and conv inputs keep the same size however long the
+    history (only the attention keys/values grow)."""
+    from transformers import DynamicCache
+
+    model = make_lm(tokenizer, conv=3)
+    ids = window_batch(piece_ids, 60)
+    with torch.no_grad():
+        cache = model(ids[:, :10], use_cache=True).cache
+        shapes = [{i: tuple(s.shape) for i, s in layer.conv_states.items() if s is not None} for layer in cache.layers]
+        for t in range(10, 60):
+            cache = model(ids[:, t:t + 1], cache=cache, use_cache=True).cache
+    assert len(cache) == model.config.num_hidden_layers
+    assert [{i: tuple(s.shape) for i, s in layer.conv_states.items() if s is not None} for layer in cache.layers] \
+        == shapes
+    assert shapes[0] == {0: (2, 32, 2), 1: (2, 3, 1)} and shapes[1] == {0: (2, 32, 2)}
+    assert cache.get_seq_length() == 60
+    # an empty DynamicCache() made without the config (as tutorials do) works too
+    with torch.no_grad():
+        full = model(ids[:, :20], use_cache=False).logits
+        user_cache = DynamicCache()
+        model(ids[:, :12], cache=user_cache, use_cache=True)
+        rest = model(ids[:, 12:20], cache=user_cache, use_cache=True).logits
+    torch.testing.assert_close(rest, full[:, 12:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("conv", [0, 3])
+def test_greedy_tokens_agree_cached_uncached_static_and_compiled(tokenizer, piece_ids, conv):
+    from transformers import CompileConfig
+
+    model = make_lm(tokenizer, conv=conv, position="rotary" if conv else "learned")
+    prompt = torch.tensor([piece_ids["chorale"][:40]])
+    kwargs = dict(max_new_tokens=24, do_sample=False, pad_token_id=0)
+    dynamic = model.generate(prompt, **kwargs)
+    assert torch.equal(model.generate(prompt, use_cache=False, **kwargs), dynamic)
+    assert torch.equal(model.generate(prompt, cache_implementation="static", **kwargs), dynamic)
+    compile_config = CompileConfig(fullgraph=True)
+    compile_config._compile_all_devices = True  # generate compiles on accelerators only unless told
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = model.generate(prompt, cache_implementation="static", compile_config=compile_config, **kwargs)
+    # the decoding steps ran compiled, all through one graph: the cache's shapes do not grow with the history
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert torch.equal(compiled, dynamic)
+
+
+def test_genres_by_name_list_or_mapping_and_clear_errors(tokenizer, piece_ids):
+    by_list = MusicConfig.from_tokenizer(tokenizer, genres=["chorale", "folk"])
+    by_map = MusicConfig.from_tokenizer(tokenizer, id2genre={0: "unknown", 1: "chorale", 2: "folk"})
+    assert by_list.id2genre == by_map.id2genre == {0: "unknown", 1: "chorale", 2: "folk"}
+    with pytest.raises(ValueError, match=r"unknown genre 'jazz'.*chorale"):
+        by_list.genre_id("jazz")
+    with pytest.raises(ValueError, match="genre id 7"):
+        by_list.genre_id(7)
+    model = make_lm(tokenizer)
+    ids = window_batch(piece_ids, 10)
+    with pytest.raises(ValueError, match=r"genre_ids \[9\] outside this model's genres"):
+        model(ids, genre_ids=torch.tensor([1, 9]))

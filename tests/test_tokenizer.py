@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -14,13 +15,14 @@ from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 
+import miditok
 import pytest
 import symusic
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from symusic import Note, Score, TimeSignature, Track
-from transformers import AutoTokenizer, BatchEncoding
+from transformers import AddedToken, AutoTokenizer, BatchEncoding
 
 import music_hf  # noqa: F401  (registers the Auto classes)
 from music_hf import EmptyMusicError, MusicConfig, MusicFileError, MusicTokenizer
@@ -177,6 +179,15 @@ def test_token_strings_decode_and_encode_back(tokenizer, real_midi_paths):
 def test_unknown_token_name_raises(tokenizer):
     with pytest.raises(ValueError, match="Pitch_999"):
         tokenizer("Bar_None Pitch_999")
+
+
+def test_unknown_token_names_encode_to_unk_token_when_one_is_set():
+    # regression: unk_token was accepted but unknown names still raised
+    tokenizer = MusicTokenizer(miditok_config={"special_tokens": ["PAD", "BOS", "EOS", "MASK", "UNK"]},
+                               unk_token="UNK_None")
+    unk, bar = tokenizer.unk_token_id, tokenizer.convert_tokens_to_ids("Bar_None")
+    assert tokenizer.convert_ids_to_tokens(unk) == "UNK_None" and unk < tokenizer.vocab_size
+    assert tokenizer("Bar_None Pitch_999 hello", add_special_tokens=False)["input_ids"] == [bar, unk, unk]
 
 
 def test_vocab_is_consistent(tokenizer):
@@ -354,6 +365,133 @@ def test_save_pretrained_round_trip_through_auto_tokenizer(real_midi_paths, tmp_
         assert loaded.music_attributes() == tokenizer.music_attributes()
         for p in real_midi_paths:
             assert loaded(p)["input_ids"] == tokenizer(p)["input_ids"]
+
+
+# Every constructor argument of MusicTokenizer, each set to a value other than its default (vocab_file is the saved
+# vocabulary itself). A new argument must be added here, or test_every_argument_is_covered fails.
+NON_DEFAULT_ARGS = {
+    "special_tokens_pattern": "eos",
+    "tokenization": "TSD",
+    # beat ranges as tuple keys (not JSON-serialisable as given), an int-keyed dict, and other special tokens
+    "miditok_config": {"num_velocities": 8, "beat_res": {(0, 4): 4, (4, 8): 2},
+                       "time_signature_range": {4: [2, 3, 4], 8: [6]},
+                       "special_tokens": ["PAD", "START", "END", "UNK"]},
+    "max_file_bytes": 2_000_000,
+    "max_quarter_notes": 20_000,
+    "bos_token": "START_None",
+    "eos_token": "END_None",
+    "pad_token": "END_None",
+    "mask_token": None,
+    "unk_token": "UNK_None",  # transformers' other special tokens (unk, sep, cls) are kwargs
+}
+# miditok_config as kept and saved: JSON form, beat ranges as "start_end" keys as miditok's own file writes them
+NON_DEFAULT_MIDITOK_CONFIG_JSON = {"num_velocities": 8, "beat_res": {"0_4": 4, "4_8": 2},
+                                   "time_signature_range": {"4": [2, 3, 4], "8": [6]},
+                                   "special_tokens": ["PAD", "START", "END", "UNK"]}
+
+
+def _as_saved(value):
+    """An init_kwargs value as tokenizer_config.json holds it (from_pretrained turns special tokens into AddedToken)."""
+    return str(value) if isinstance(value, AddedToken) else value
+
+
+def test_every_argument_is_covered():
+    signature = inspect.signature(MusicTokenizer.__init__).parameters
+    assert set(signature) - {"self", "vocab_file", "kwargs"} == set(NON_DEFAULT_ARGS) - {"unk_token"}
+    assert all(NON_DEFAULT_ARGS[name] != signature[name].default for name in signature if name in NON_DEFAULT_ARGS)
+
+
+def test_every_constructor_argument_survives_save_and_reload(real_midi_paths, tmp_path):
+    # regression: special_tokens_pattern (popped by PythonBackend before init_kwargs is recorded) and miditok_config
+    # were not saved; the pattern reverted to "bos_eos" after a reload
+    tokenizer = MusicTokenizer(**NON_DEFAULT_ARGS)
+    tokenizer.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert saved["miditok_config"] == NON_DEFAULT_MIDITOK_CONFIG_JSON
+    for loaded in (MusicTokenizer.from_pretrained(tmp_path), AutoTokenizer.from_pretrained(tmp_path)):
+        assert type(loaded) is MusicTokenizer
+        for name, value in NON_DEFAULT_ARGS.items():
+            if name == "miditok_config":
+                value = NON_DEFAULT_MIDITOK_CONFIG_JSON
+            assert getattr(loaded, name) == getattr(tokenizer, name) == value, name
+            assert _as_saved(loaded.init_kwargs[name]) == _as_saved(tokenizer.init_kwargs[name]) == value, name
+        assert type(loaded.miditok) is miditok.TSD
+        assert loaded.miditok.config == tokenizer.miditok.config
+        assert loaded.miditok.config.num_velocities == 8 and loaded.miditok.config.beat_res == {(0, 4): 4, (4, 8): 2}
+        assert loaded.get_vocab() == tokenizer.get_vocab()
+        assert loaded.all_special_tokens == tokenizer.all_special_tokens == ["START_None", "END_None", "UNK_None"]
+        for path in real_midi_paths[:3]:
+            ids = loaded(path)["input_ids"]
+            assert ids == tokenizer(path)["input_ids"]
+            assert ids[-1] == loaded.eos_token_id and ids[0] != loaded.bos_token_id  # the "eos" pattern
+        pair = real_midi_paths[:2]
+        assert loaded(pair, padding=True)["input_ids"] == tokenizer(pair, padding=True)["input_ids"]
+
+
+@pytest.mark.parametrize("pattern", ["eos", "bos", "none"])
+def test_special_tokens_pattern_survives_save_and_reload(pattern, real_midi_paths, tmp_path):
+    tokenizer = MusicTokenizer(special_tokens_pattern=pattern)
+    tokenizer.save_pretrained(tmp_path)
+    body = tokenizer.encode_score(real_midi_paths[0])
+    expected = {"eos": body + [tokenizer.eos_token_id], "bos": [tokenizer.bos_token_id] + body, "none": body}[pattern]
+    for loaded in (MusicTokenizer.from_pretrained(tmp_path), AutoTokenizer.from_pretrained(tmp_path)):
+        assert loaded.special_tokens_pattern == pattern
+        assert loaded(real_midi_paths[0])["input_ids"] == tokenizer(real_midi_paths[0])["input_ids"] == expected
+
+
+def test_miditok_config_in_python_or_json_form_builds_the_same_vocabulary():
+    python_form = MusicTokenizer(miditok_config=NON_DEFAULT_ARGS["miditok_config"])
+    json_form = MusicTokenizer(miditok_config=NON_DEFAULT_MIDITOK_CONFIG_JSON)
+    assert python_form.miditok.config == json_form.miditok.config
+    assert python_form.get_vocab() == json_form.get_vocab() != MusicTokenizer().get_vocab()
+    assert python_form.miditok_config == json_form.miditok_config == NON_DEFAULT_MIDITOK_CONFIG_JSON
+
+
+def test_vocab_file_follows_transformers_naming(tmp_path):
+    assert MusicTokenizer.vocab_files_names == {"vocab_file": "miditok_config.json"}
+    tokenizer = MusicTokenizer(miditok_config={"num_velocities": 4})
+    tokenizer.save_pretrained(tmp_path)
+    vocab_file = tmp_path / "miditok_config.json"
+    for loaded in (MusicTokenizer(vocab_file=vocab_file), MusicTokenizer(miditok_file=str(vocab_file))):  # old name
+        assert loaded.miditok.config == tokenizer.miditok.config
+        assert loaded.get_vocab() == tokenizer.get_vocab() != MusicTokenizer().get_vocab()
+        assert "miditok_file" not in loaded.init_kwargs  # the alias is not saved again
+
+
+def test_a_folder_saved_by_the_old_code_still_loads(real_midi_paths, tmp_path):
+    # tokenizer_config.json as the code before vocab_file wrote it (no special_tokens_pattern, no miditok_config),
+    # with an old "miditok_file" entry as well: the folder's own miditok_config.json is used, the entry dropped
+    old = MusicTokenizer(max_file_bytes=1_000_000)
+    old.miditok.save(tmp_path / "miditok_config.json")
+    added = {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                      "special": True} for i, t in enumerate(["PAD_None", "BOS_None", "EOS_None", "MASK_None"])}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
+        "added_tokens_decoder": added, "backend": "custom", "bos_token": "BOS_None", "eos_token": "EOS_None",
+        "mask_token": "MASK_None", "max_file_bytes": 1_000_000, "max_quarter_notes": 100_000, "pad_token": "PAD_None",
+        "model_max_length": 1000000000000000019884624838656, "tokenization": "REMI",
+        "tokenizer_class": "MusicTokenizer", "miditok_file": "/nowhere/miditok_config.json"}))
+    for loaded in (MusicTokenizer.from_pretrained(tmp_path), AutoTokenizer.from_pretrained(tmp_path)):
+        assert loaded.special_tokens_pattern == "bos_eos" and loaded.max_file_bytes == 1_000_000
+        assert loaded.get_vocab() == old.get_vocab()
+        assert loaded(real_midi_paths[0])["input_ids"] == old(real_midi_paths[0])["input_ids"]
+        resaved = tmp_path / "resaved"
+        loaded.save_pretrained(resaved)
+        assert "miditok_file" not in json.loads((resaved / "tokenizer_config.json").read_text())
+
+
+def test_a_miditok_file_path_in_a_loaded_config_is_not_followed(tmp_path):
+    # as transformers trusts no vocab-file path in tokenizer_config.json: the alias works when passed directly only
+    elsewhere = tmp_path / "elsewhere"
+    other = MusicTokenizer(miditok_config={"num_velocities": 4})
+    other.save_pretrained(elsewhere)
+    folder = tmp_path / "folder"
+    MusicTokenizer().save_pretrained(folder)
+    (folder / "miditok_config.json").unlink()
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["miditok_file"] = str(elsewhere / "miditok_config.json")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    assert MusicTokenizer.from_pretrained(folder).get_vocab() != other.get_vocab()
+    assert MusicTokenizer(miditok_file=config["miditok_file"]).get_vocab() == other.get_vocab()
 
 
 def test_trust_remote_code_loads_without_the_package(tokenizer, real_midi_paths, tmp_path):
