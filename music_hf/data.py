@@ -14,8 +14,8 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +23,17 @@ import datasets
 import numpy as np
 import torch
 
+from .configuration_music import UNKNOWN_GENRE
+from .corpus import DataSummary, read_midi_folder
 from .tokenization_music import MusicFileError, MusicTokenizer
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
+TOKENIZED_PREFIX = "tokenized-"  # load_or_tokenize's cache folders: <cache_dir>/tokenized-<key>
+SUMMARY_NAME = "summary.json"  # the DataSummary saved in each of them
 
 
 # ----- reading and tokenizing -------------------------------------------------------------------------
-@dataclass
-class DataSummary:
-    """What tokenization kept and skipped: pieces and tokens per split, genres, and each failure's reason."""
-
-    pieces: dict[str, int] = field(default_factory=dict)
-    tokens: dict[str, int] = field(default_factory=dict)
-    genres: dict[str, int] = field(default_factory=dict)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        lines = [f"pieces: {self.pieces}", f"tokens: {self.tokens}", f"genres: {self.genres}",
-                 f"skipped: {len(self.failed)} file(s)"]
-        lines += [f"  {src}: {why}" for src, why in self.failed[:10]]
-        if len(self.failed) > 10:
-            lines.append(f"  ... and {len(self.failed) - 10} more")
-        return "\n".join(lines)
-
-
 def split_of(source: str, seed: int = 0, validation_fraction: float = 0.05, test_fraction: float = 0.05) -> str:
     """The split a piece belongs to, from a seeded hash of its source (stable across runs and subsets)."""
     u = int(hashlib.sha1(f"{seed}:{source}".encode()).hexdigest()[:12], 16) / 16**12
@@ -58,7 +44,14 @@ def split_of(source: str, seed: int = 0, validation_fraction: float = 0.05, test
     return "train"
 
 
-def _tokenize_batch(batch: dict[str, list], tokenizer: MusicTokenizer, music_column: str) -> dict[str, list]:
+def genre_names(genres: Iterable[str]) -> list[str]:
+    """The genre list a model is trained with: "unknown" (genre id 0) first, then the others sorted."""
+    return [UNKNOWN_GENRE] + sorted(set(genres) - {UNKNOWN_GENRE})
+
+
+def _tokenize_batch(batch: dict[str, list], tokenizer: MusicTokenizer, music_column: str,
+                    genre2id: dict[str, int]) -> dict[str, list]:
+    """Token ids (BOS ... EOS) and genre ids of a batch of pieces; a file that fails gets no ids and an error."""
     ids, errors = [], []
     for x, source in zip(batch[music_column], batch["source"]):
         try:
@@ -67,7 +60,7 @@ def _tokenize_batch(batch: dict[str, list], tokenizer: MusicTokenizer, music_col
         except MusicFileError as e:
             ids.append([])
             errors.append(f"{source}: {e.problem}")
-    return {"input_ids": ids, "error": errors}
+    return {"input_ids": ids, "error": errors, "genre_id": [genre2id.get(g, 0) for g in batch["genre"]]}
 
 
 def tokenize_pieces(pieces: datasets.Dataset, tokenizer: MusicTokenizer, genres: Sequence[str],
@@ -78,18 +71,17 @@ def tokenize_pieces(pieces: datasets.Dataset, tokenizer: MusicTokenizer, genres:
 
     Returns a DatasetDict (train/validation/test; columns input_ids, genre_id, source) and a summary.
     """
-    genre2id = {g: i for i, g in enumerate(genres)}
     num_proc = num_proc if num_proc and num_proc > 1 and len(pieces) >= 2 * num_proc else None
     tokenized = pieces.map(_tokenize_batch, batched=True, batch_size=32, num_proc=num_proc,
-                           fn_kwargs={"tokenizer": tokenizer, "music_column": music_column},
+                           fn_kwargs={"tokenizer": tokenizer, "music_column": music_column,
+                                      "genre2id": {g: i for i, g in enumerate(genres)}},
                            remove_columns=[music_column], desc="tokenizing")
     summary = DataSummary(failed=[(s, e) for s, e in zip(tokenized["source"], tokenized["error"]) if e])
     for src, why in summary.failed:
         logger.warning("skipped %s", why)
     tokenized = tokenized.filter(lambda err: not err, input_columns="error").remove_columns("error")
     tokenized = tokenized.map(
-        lambda b: {"genre_id": [genre2id.get(g, 0) for g in b["genre"]],
-                   "split": [split_of(s, seed, validation_fraction, test_fraction) for s in b["source"]]},
+        lambda b: {"split": [split_of(s, seed, validation_fraction, test_fraction) for s in b["source"]]},
         batched=True)
     out = datasets.DatasetDict({
         name: tokenized.filter(lambda s, n=name: s == n, input_columns="split").remove_columns("split")
@@ -111,17 +103,29 @@ def pieces_from_entries(entries: Sequence[Any]) -> datasets.Dataset:
     })
 
 
-def pieces_from_hf_dataset(ds: datasets.Dataset, midi_column: str = "midi", genre_column: str | None = "genre",
-                           source_column: str | None = None) -> datasets.Dataset:
-    """A dataset of pieces from a HF dataset holding MIDI bytes (a `bytes` column or an `{"bytes": ...}` struct)."""
+def pieces_from_hf_dataset(ds: datasets.Dataset | datasets.IterableDataset, midi_column: str = "midi",
+                           genre_column: str | None = "genre", source_column: str | None = None
+                           ) -> datasets.Dataset | datasets.IterableDataset:
+    """A dataset of pieces (midi_bytes, genre, source) from a HF dataset, map-style or streamed, holding MIDI bytes
+    (a `bytes` column or an `{"bytes": ...}` struct).
+
+    Without `source_column` rows are named "row-<i>"; in a stream, whose row numbers restart in each process's
+    shard, "sha1-<digest of the bytes>".
+    """
+    streamed = isinstance(ds, datasets.IterableDataset)
+    columns = [c for c in (midi_column, genre_column, source_column) if c]
+
     def convert(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         midi = [m["bytes"] if isinstance(m, dict) else m for m in batch[midi_column]]
-        return {
-            "midi_bytes": midi,
-            "genre": batch[genre_column] if genre_column else ["unknown"] * len(midi),
-            "source": [str(s) for s in batch[source_column]] if source_column else [f"row-{i}" for i in indices],
-        }
-    return ds.map(convert, batched=True, with_indices=True, remove_columns=ds.column_names)
+        if source_column:
+            sources = [str(s) for s in batch[source_column]]
+        elif streamed:
+            sources = [f"sha1-{hashlib.sha1(m).hexdigest()[:16]}" for m in midi]
+        else:
+            sources = [f"row-{i}" for i in indices]
+        return {"midi_bytes": midi, "genre": batch[genre_column] if genre_column else [UNKNOWN_GENRE] * len(midi),
+                "source": sources}
+    return ds.select_columns(columns).map(convert, batched=True, with_indices=True, remove_columns=columns)
 
 
 def _cache_key(tokenizer: MusicTokenizer, pieces: datasets.Dataset, music_column: str, extra: dict[str, Any]) -> str:
@@ -151,14 +155,13 @@ def load_or_tokenize(pieces: datasets.Dataset, tokenizer: MusicTokenizer, genres
         return tokenize_pieces(pieces, tokenizer, genres, **kwargs)
     extra = {k: v for k, v in kwargs.items() if k != "num_proc"} | {"genres": list(genres)}
     key = _cache_key(tokenizer, pieces, kwargs.get("music_column", "path"), extra)
-    path = Path(cache_dir) / f"tokenized-{key}"
-    if (path / "summary.json").exists():
-        summary = DataSummary(**json.loads((path / "summary.json").read_text()))
-        summary.failed = [tuple(f) for f in summary.failed]
+    path = Path(cache_dir) / f"{TOKENIZED_PREFIX}{key}"
+    if (path / SUMMARY_NAME).exists():
+        summary = DataSummary.from_dict(json.loads((path / SUMMARY_NAME).read_text()))
         return datasets.load_from_disk(str(path)), summary
     ds, summary = tokenize_pieces(pieces, tokenizer, genres, **kwargs)
     ds.save_to_disk(str(path))
-    (path / "summary.json").write_text(json.dumps(asdict(summary)))
+    (path / SUMMARY_NAME).write_text(json.dumps(asdict(summary)))
     return ds, summary
 
 
@@ -181,6 +184,29 @@ def window_starts(bar_flags: np.ndarray, length: int, max_length: int, stride: i
     return starts
 
 
+def _window_cutter(tokenizer: MusicTokenizer, max_length: int, overlap: int, stable_idx: bool = False):
+    """A batched map function cutting pieces (input_ids, genre_id, source) into windows at `window_starts`.
+
+    With `stable_idx` each window also gets an `idx` from its piece and start, which seeds its augmentation in
+    the collator wherever the window is streamed.
+    """
+    bar_table = np.asarray(tokenizer.music_attributes()["bar_count"]) > 0
+    stride = max(1, max_length - overlap)
+
+    def cut(batch: dict[str, list]) -> dict[str, list]:
+        out: dict[str, list] = {"input_ids": [], "genre_id": [], "source": [], **({"idx": []} if stable_idx else {})}
+        for ids, genre, source in zip(batch["input_ids"], batch["genre_id"], batch["source"]):
+            arr = np.asarray(ids)
+            for s in window_starts(bar_table[arr], len(arr), max_length, stride):
+                out["input_ids"].append(arr[s: s + max_length].tolist())
+                out["genre_id"].append(genre)
+                out["source"].append(source)
+                if stable_idx:
+                    out["idx"].append(int(hashlib.sha1(f"{source}:{s}".encode()).hexdigest()[:12], 16))
+        return out
+    return cut
+
+
 def make_windows(pieces: datasets.Dataset, tokenizer: MusicTokenizer, max_length: int, overlap: int = 0,
                  pack: bool = False) -> datasets.Dataset:
     """Cut tokenized pieces into windows of at most `max_length` tokens starting at bar boundaries.
@@ -190,20 +216,8 @@ def make_windows(pieces: datasets.Dataset, tokenizer: MusicTokenizer, max_length
     Short pieces stay short (the collator pads them) unless `pack` concatenates consecutive short windows
     into full ones.
     """
-    bar_table = np.asarray(tokenizer.music_attributes()["bar_count"]) > 0
-    stride = max(1, max_length - overlap)
-
-    def cut(batch: dict[str, list]) -> dict[str, list]:
-        out: dict[str, list] = {"input_ids": [], "genre_id": [], "source": []}
-        for ids, genre, source in zip(batch["input_ids"], batch["genre_id"], batch["source"]):
-            arr = np.asarray(ids)
-            for s in window_starts(bar_table[arr], len(arr), max_length, stride):
-                out["input_ids"].append(arr[s: s + max_length].tolist())
-                out["genre_id"].append(genre)
-                out["source"].append(source)
-        return out
-
-    windows = pieces.map(cut, batched=True, remove_columns=pieces.column_names, desc="windows")
+    windows = pieces.map(_window_cutter(tokenizer, max_length, overlap), batched=True,
+                         remove_columns=pieces.column_names, desc="windows")
     if pack:
         windows = windows.map(lambda b: _pack(b, max_length), batched=True, batch_size=256, desc="packing")
     return windows.add_column("idx", list(range(len(windows))))
@@ -225,35 +239,96 @@ def _pack(batch: dict[str, list], max_length: int) -> dict[str, list]:
     return out
 
 
-def iterable_windows(pieces: datasets.Dataset, tokenizer: MusicTokenizer, max_length: int, overlap: int = 0,
-                     seed: int = 0, rank: int = 0, world_size: int = 1) -> datasets.IterableDataset:
-    """Streaming windows for corpora larger than memory, shuffled by shard and split across processes."""
+# ----- streaming --------------------------------------------------------------------------------------
+def _distribute(stream: datasets.IterableDataset, seed: int, buffer_size: int, rank: int, world_size: int
+                ) -> datasets.IterableDataset:
+    """Shuffle a stream (shard order, then a buffer; reseeded by `set_epoch`) and keep process `rank`'s part."""
     from datasets.distributed import split_dataset_by_node
 
-    stream = pieces.to_iterable_dataset(num_shards=max(1, min(len(pieces), 8 * world_size)))
-    stream = stream.shuffle(seed=seed, buffer_size=256)
-    stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
-    bar_table = np.asarray(tokenizer.music_attributes()["bar_count"]) > 0
-    stride = max(1, max_length - overlap)
-
-    def cut(example: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        arr = np.asarray(example["input_ids"])
-        for s in window_starts(bar_table[arr], len(arr), max_length, stride):
-            # a stable id per window (piece and start) seeds its augmentation in the collator
-            idx = int(hashlib.sha1(f"{example.get('source', '')}:{s}".encode()).hexdigest()[:12], 16)
-            yield {"input_ids": arr[s: s + max_length].tolist(), "genre_id": example["genre_id"], "idx": idx}
-
-    def cut_batch(batch: dict[str, list]) -> dict[str, list]:
-        windows = [w for ex in _rows(batch) for w in cut(ex)]
-        return {k: [w[k] for w in windows] for k in ("input_ids", "genre_id", "idx")}
-
-    return stream.map(cut_batch, batched=True, remove_columns=list(pieces.column_names))
+    stream = stream.shuffle(seed=seed, buffer_size=buffer_size)
+    return split_dataset_by_node(stream, rank=rank, world_size=world_size)
 
 
-def _rows(batch: dict[str, list]) -> Iterator[dict[str, Any]]:
-    keys = list(batch)
-    for values in zip(*(batch[k] for k in keys)):
-        yield dict(zip(keys, values))
+def _num_shards(n_pieces: int, world_size: int) -> int:
+    """Shards for a stream of `n_pieces`: a multiple of `world_size` (up to 8 per process) when there are enough
+    pieces, so `split_dataset_by_node` gives each process whole shards, i.e. its own pieces."""
+    per_process = min(8, n_pieces // world_size)
+    return world_size * per_process if per_process else max(1, n_pieces)
+
+
+def iterable_windows(pieces: datasets.Dataset, tokenizer: MusicTokenizer, max_length: int, overlap: int = 0,
+                     seed: int = 0, rank: int = 0, world_size: int = 1) -> datasets.IterableDataset:
+    """Streaming windows of tokenized pieces (as `make_windows`), shuffled by shard and split across processes."""
+    stream = pieces.to_iterable_dataset(num_shards=_num_shards(len(pieces), world_size))
+    stream = _distribute(stream, seed, 256, rank, world_size)
+    return stream.map(_window_cutter(tokenizer, max_length, overlap, stable_idx=True), batched=True,
+                      remove_columns=list(pieces.column_names))
+
+
+def _open_dataset(name: str | os.PathLike, split: str) -> datasets.Dataset | datasets.IterableDataset:
+    """A dataset saved with `save_to_disk`, else a Hub id or local data path opened as a stream."""
+    path = Path(name)
+    if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+        ds = datasets.load_from_disk(str(path))
+        return ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+    return datasets.load_dataset(str(name), split=split, streaming=True)
+
+
+def _kept(error: str) -> bool:
+    if error:
+        logger.warning("skipped %s", error)
+    return not error
+
+
+def streaming_windows(tokenizer: MusicTokenizer, genres: Sequence[str], max_length: int, overlap: int = 0, *,
+                      midi_dir: str | os.PathLike | None = None, labels_file: str | None = None,
+                      entries: Sequence[Any] | None = None,
+                      dataset: str | os.PathLike | datasets.Dataset | datasets.IterableDataset | None = None,
+                      dataset_split: str = "train", midi_column: str = "midi", genre_column: str | None = "genre",
+                      source_column: str | None = None, split: str | None = "train",
+                      validation_fraction: float = 0.05, test_fraction: float = 0.05, seed: int = 0,
+                      buffer_size: int = 256, rank: int = 0, world_size: int = 1) -> datasets.IterableDataset:
+    """Bar-aligned token windows for training, read and tokenized as they are consumed (no Arrow cache, any size).
+
+    Pieces come from exactly one of: `midi_dir` (its MIDI files; genres from `labels_file` or sub-folders, as
+    `read_midi_folder`); corpus `entries` (e.g. `prepare_corpus(...).entries`, named by their source as in
+    `pieces_from_entries`); or `dataset` with MIDI bytes in `midi_column` (as `pieces_from_hf_dataset`): a
+    `Dataset` or `IterableDataset`, a folder saved with `save_to_disk`, or a Hub id / data path streamed with
+    `load_dataset(dataset, split=dataset_split, streaming=True)`.
+
+    Only pieces of `split` are kept (`split_of` with `seed` and the fractions, as `tokenize_pieces`; None keeps
+    all). The pieces are shuffled (shard order, then a buffer of `buffer_size`, both seeded by `seed` plus the
+    epoch `IterableDataset.set_epoch` sets) and shared among `world_size` processes with `split_dataset_by_node`:
+    process `rank` reads and tokenizes its own pieces. (A streamed `dataset` whose shard count is not a multiple
+    of `world_size` is shared by window instead: datasets' fallback, each process reading every piece.)
+
+    Windows are as `make_windows` cuts them, with input_ids, genre_id (index in `genres`, 0 for a genre not in
+    it), source and idx (stable per window: it seeds the collator's augmentation). Files that fail to tokenize
+    are logged and skipped.
+    """
+    if sum(x is not None for x in (midi_dir, entries, dataset)) != 1:
+        raise ValueError("give exactly one of midi_dir, entries and dataset")
+    if dataset is None:
+        pieces = pieces_from_entries(entries if entries is not None else
+                                     read_midi_folder(str(midi_dir), labels=labels_file))
+        music_column = "path"
+    else:
+        if isinstance(dataset, (str, os.PathLike)):
+            dataset = _open_dataset(dataset, dataset_split)
+        pieces = pieces_from_hf_dataset(dataset, midi_column, genre_column, source_column)
+        music_column = "midi_bytes"
+    if isinstance(pieces, datasets.Dataset):
+        pieces = pieces.to_iterable_dataset(num_shards=_num_shards(len(pieces), world_size))
+    if split is not None:
+        pieces = pieces.filter(lambda s: split_of(s, seed, validation_fraction, test_fraction) == split,
+                               input_columns="source")
+    pieces = _distribute(pieces, seed, buffer_size, rank, world_size)
+    tokenized = pieces.map(_tokenize_batch, batched=True, remove_columns=[music_column],
+                           fn_kwargs={"tokenizer": tokenizer, "music_column": music_column,
+                                      "genre2id": {g: i for i, g in enumerate(genres)}})
+    tokenized = tokenized.filter(_kept, input_columns="error")
+    return tokenized.map(_window_cutter(tokenizer, max_length, overlap, stable_idx=True), batched=True,
+                         remove_columns=["input_ids", "error", "genre", "genre_id", "source"])
 
 
 # ----- augmentation -----------------------------------------------------------------------------------
@@ -279,14 +354,16 @@ class TokenAugmenter:
 
     def __init__(self, tokenizer: MusicTokenizer, config: AugmentationConfig):
         self.config = config
-        vocab = tokenizer.vocab_size
+        table = tokenizer.token_table
         self.rank: dict[str, np.ndarray] = {}
         self.ids: dict[str, np.ndarray] = {}
         for kind, ids in tokenizer.value_tables().items():
-            rank = np.full(vocab, -1)
+            rank = np.full(len(table), -1)
             rank[ids] = np.arange(len(ids))
-            self.rank[kind], self.ids[kind] = rank, np.asarray(ids)
-        self.bar = np.asarray(tokenizer.music_attributes()["bar_count"]) > 0
+            self.rank[kind], self.ids[kind] = rank, ids
+        # the kinds a transposition moves together (MIDILike: NoteOn and NoteOff), each over the same pitch range
+        self.pitch_kinds = [k for k in ("Pitch", "NoteOn", "NoteOff") if len(self.ids[k])]
+        self.bar = table.bar_count > 0
 
     def _shift_all(self, ids: np.ndarray, kind: str, shift: int) -> None:
         r = self.rank[kind][ids]
@@ -304,13 +381,14 @@ class TokenAugmenter:
         out = np.asarray(ids).copy()
         if not cfg.enabled or rng.random() >= cfg.probability:
             return out.tolist()
-        if cfg.pitch_shift:
-            r = self.rank["Pitch"][out]
-            present = r[r >= 0]
+        if cfg.pitch_shift and self.pitch_kinds:
+            present = np.concatenate([r[r >= 0] for r in (self.rank[k][out] for k in self.pitch_kinds)])
             if len(present):  # a shift that keeps every pitch inside the vocabulary
                 lo = max(-cfg.pitch_shift, -int(present.min()))
-                hi = min(cfg.pitch_shift, len(self.ids["Pitch"]) - 1 - int(present.max()))
-                self._shift_all(out, "Pitch", int(rng.integers(lo, hi + 1)))
+                hi = min(cfg.pitch_shift, len(self.ids[self.pitch_kinds[0]]) - 1 - int(present.max()))
+                shift = int(rng.integers(lo, hi + 1))
+                for kind in self.pitch_kinds:
+                    self._shift_all(out, kind, shift)
         if cfg.tempo_shift:
             self._shift_all(out, "Tempo", int(rng.integers(-cfg.tempo_shift, cfg.tempo_shift + 1)))
         if cfg.velocity_jitter:
@@ -377,6 +455,6 @@ class MusicDataCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "genre_ids": genre_ids}
 
 
-__all__ = ["DataSummary", "split_of", "tokenize_pieces", "pieces_from_entries", "pieces_from_hf_dataset",
-           "load_or_tokenize", "window_starts", "make_windows", "iterable_windows", "AugmentationConfig",
-           "TokenAugmenter", "MusicDataCollator"]
+__all__ = ["DataSummary", "genre_names", "split_of", "tokenize_pieces", "pieces_from_entries", "pieces_from_hf_dataset",
+           "load_or_tokenize", "window_starts", "make_windows", "iterable_windows", "streaming_windows",
+           "AugmentationConfig", "TokenAugmenter", "MusicDataCollator"]

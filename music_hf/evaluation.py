@@ -22,7 +22,7 @@ from .data import MusicDataCollator
 from .generation import generate_music
 from .modeling_music import MusicForSequenceClassification
 from .tokenization_music import MusicTokenizer, load_score
-from .training import lr_lambda
+from .training import lr_scheduler
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
@@ -67,10 +67,9 @@ def histogram_distance(p: np.ndarray, q: np.ndarray, metric: str = "js") -> floa
 def notes_per_bar(ids: Sequence[int], tokenizer: MusicTokenizer) -> float:
     """Note density of a token sequence: notes (Pitch/PitchDrum) over bars (Bar tokens), from the tokenizer's
     per-id tables, so BPE ids count every note and bar they hold. NaN for a sequence without any bar."""
-    attrs = tokenizer.music_attributes()
+    table = tokenizer.token_table
     ids = np.asarray(ids, dtype=np.int64)
-    notes = np.asarray(attrs["note_count"])[ids].sum()
-    bars = np.asarray(attrs["bar_count"])[ids].sum()
+    notes, bars = table.note_count[ids].sum(), table.bar_count[ids].sum()
     return float(notes / bars) if bars > 0 else float("nan")
 
 
@@ -146,7 +145,7 @@ def train_genre_classifier(windows: Any, tokenizer: MusicTokenizer, genres: Sequ
     torch.manual_seed(seed)
     model = MusicForSequenceClassification(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(max(1, steps // 10), steps))
+    scheduler = lr_scheduler(optimizer, max(1, steps // 10), steps)
     collator = MusicDataCollator(tokenizer.pad_token_id)
     rng = np.random.default_rng(seed)
     model.train()

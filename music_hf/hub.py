@@ -1,13 +1,14 @@
 """Publishing a trained model on the Hugging Face Hub: checks, model card, and a one-commit push.
 
-`push_model_dir(final_dir, "org/name")` uploads what `scripts/train.py` saves in `<output_dir>/final/`
+`push_model_dir(model_dir, "org/name")` uploads what `scripts/train.py` saves in `<output_dir>`
 (weights as safetensors, config with `auto_map`, tokenizer, the `*_music.py` files `trust_remote_code`
-needs, `training_results.json`) plus a README.md model card built from those files only.
+needs, `training_results.json`) plus a README.md model card built from those files only. `save_pretrained`
+writes `auto_map` and the code files (the classes are registered with `register_for_auto_class`); a folder
+without them is refused.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from typing import Any
 
 import huggingface_hub
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
-from huggingface_hub.utils import HFValidationError
+from huggingface_hub.utils import HFValidationError, filter_repo_objects
 from huggingface_hub.utils import validate_repo_id as hf_validate_repo_id
 
 logger = logging.getLogger(__name__)
@@ -34,9 +35,8 @@ UPLOAD_PATTERNS = (CONFIG_FILE, "generation_config.json", WEIGHTS_FILE, WEIGHTS_
                    "added_tokens.json", RESULTS_FILE, *CODE_FILES)
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json")
 # the auto_map entries trust_remote_code users need (a GPT-2 baseline needs only the tokenizer's)
-MODEL_AUTO_MAP = {"AutoConfig": "configuration_music.MusicConfig",
-                  "AutoModelForCausalLM": "modeling_music.MusicForCausalLM"}
-TOKENIZER_AUTO_MAP = {"AutoTokenizer": ["tokenization_music.MusicTokenizer", None]}
+MODEL_AUTO_CLASSES = ("AutoConfig", "AutoModelForCausalLM")
+TOKENIZER_AUTO_CLASSES = ("AutoTokenizer",)
 CARD_TAGS = ["midi", "music", "symbolic-music", "music-generation", "music-hf"]
 MAX_USAGE_TOKENS = 512
 
@@ -68,7 +68,7 @@ def validate_model_dir(model_dir: str | os.PathLike) -> Path:
     if not path.is_dir():
         raise ModelDirError(path, "no such folder")
     names = {p.name for p in path.iterdir() if p.is_file()}
-    pickled = sorted(n for n in names if any(fnmatch.fnmatch(n, pat) for pat in PICKLED_WEIGHTS))
+    pickled = sorted(filter_repo_objects(names, allow_patterns=PICKLED_WEIGHTS))
     if pickled:
         raise ModelDirError(path, f"holds pickled weights ({', '.join(pickled)}); only safetensors are published: "
                                   "save with `model.save_pretrained(dir)` (safe_serialization, the default) and "
@@ -77,7 +77,9 @@ def validate_model_dir(model_dir: str | os.PathLike) -> Path:
     if WEIGHTS_FILE not in names and WEIGHTS_INDEX_FILE not in names:
         missing.append(WEIGHTS_FILE)
     if missing:
-        hint = f" (did you mean {path / 'final'}?)" if (path / "final" / CONFIG_FILE).is_file() else ""
+        checkpoints = sorted(p.name for p in path.glob("checkpoint-*") if p.is_dir())
+        hint = (f" (only checkpoints so far: {', '.join(checkpoints)}; training writes the final model into this "
+                "folder when it ends)" if checkpoints else "")
         raise ModelDirError(path, f"no model: missing {', '.join(missing)}; save it with "
                                   f"`model.save_pretrained(dir)`{hint}")
     if WEIGHTS_INDEX_FILE in names and WEIGHTS_FILE not in names:
@@ -89,6 +91,20 @@ def validate_model_dir(model_dir: str | os.PathLike) -> Path:
     if missing:
         raise ModelDirError(path, f"model saved without its tokenizer: missing {', '.join(missing)}; add it with "
                                   "`tokenizer.save_pretrained(dir)`")
+    problems = []
+    is_music = json.loads((path / CONFIG_FILE).read_text()).get("model_type") == "music"
+    for name, needed in ((CONFIG_FILE, MODEL_AUTO_CLASSES if is_music else ()),
+                         (TOKENIZER_CONFIG_FILE, TOKENIZER_AUTO_CLASSES)):
+        auto_map = json.loads((path / name).read_text()).get("auto_map") or {}
+        absent = [k for k in needed if k not in auto_map]
+        if absent:
+            problems.append(f"{name} has no auto_map entry for {', '.join(absent)}")
+        refs = [r for v in auto_map.values() for r in (v if isinstance(v, list) else [v]) if r and "--" not in r]
+        code = {r.split(".")[0] + ".py" for r in refs}  # "--" marks code in another Hub repo
+        problems += [f"missing {f} (named in {name}'s auto_map)" for f in sorted(code - names)]
+    if problems:
+        raise ModelDirError(path, f"not loadable with trust_remote_code: {'; '.join(problems)}; save the model and "
+                                  "tokenizer with `save_pretrained(dir)` after `import music_hf` (it writes both)")
     return path
 
 
@@ -105,8 +121,8 @@ def validate_repo_id(repo_id: str) -> str:
 
 
 def resolve_token(token: str | None = None) -> str:
-    """The token to push with: `token`, else the HF_TOKEN variable, else the saved `hf auth login`."""
-    token = token or os.environ.get("HF_TOKEN") or huggingface_hub.get_token()
+    """The token to push with: `token`, else `huggingface_hub.get_token()` (HF_TOKEN, then the saved login)."""
+    token = token or huggingface_hub.get_token()
     if not token:
         raise MissingTokenError("no Hugging Face token: run `hf auth login` or set HF_TOKEN (or pass --token)")
     return token
@@ -347,40 +363,17 @@ def build_model_card(model_dir: str | os.PathLike, repo_id: str) -> ModelCard:
 
 
 # ----- push -----------------------------------------------------------------------------------------------
-def _with_auto_map(path: Path, entries: dict[str, Any]) -> Path | bytes:
-    """The file itself if its `auto_map` has `entries`, else its JSON with them added (the folder is not changed)."""
-    data = json.loads(path.read_text())
-    auto_map = data.get("auto_map") or {}
-    if all(k in auto_map for k in entries):
-        return path
-    data["auto_map"] = {**entries, **auto_map}
-    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
-
-
 def upload_operations(model_dir: str | os.PathLike, repo_id: str) -> list[CommitOperationAdd]:
-    """The files one push commits: the publishable files of the folder, missing code files from the package,
-    `auto_map` entries where they lack, and README.md (the model card). Other files are skipped and logged."""
+    """The files one push commits: the folder's files that `UPLOAD_PATTERNS` allow, as `upload_folder`'s
+    `allow_patterns` would pick them (others are skipped and logged), and README.md, the model card."""
     path = validate_model_dir(model_dir)
-    files: dict[str, Path | bytes] = {}
-    skipped = []
-    for p in sorted(path.iterdir()):
-        if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in UPLOAD_PATTERNS):
-            files[p.name] = p
-        else:
-            skipped.append(p.name + ("/" if p.is_dir() else ""))
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    files = list(filter_repo_objects(entries, allow_patterns=UPLOAD_PATTERNS))
+    skipped = [e for e in entries if e not in files]
     if skipped:
         logger.info("not uploading from %s: %s", path, ", ".join(skipped))
-    package = Path(__file__).parent
-    for name in CODE_FILES:
-        if name not in files:
-            logger.info("%s has no %s: uploading the package's copy", path, name)
-            files[name] = package / name
-    if (json.loads((path / CONFIG_FILE).read_text())).get("model_type") == "music":
-        files[CONFIG_FILE] = _with_auto_map(path / CONFIG_FILE, MODEL_AUTO_MAP)
-    files[TOKENIZER_CONFIG_FILE] = _with_auto_map(path / TOKENIZER_CONFIG_FILE, TOKENIZER_AUTO_MAP)
-    files["README.md"] = str(build_model_card(path, repo_id)).encode()
-    return [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content if isinstance(content, bytes)
-                               else str(content)) for name, content in files.items()]
+    return [*(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path / name)) for name in files),
+            CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(build_model_card(path, repo_id)).encode())]
 
 
 def push_model_dir(model_dir: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None,
@@ -395,6 +388,7 @@ def push_model_dir(model_dir: str | os.PathLike, repo_id: str, private: bool = F
     operations = upload_operations(model_dir, repo_id)
     api = HfApi(token=token)
     url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    # not `upload_folder`: it cannot add the generated card, and with hf_xet it may split into several commits
     api.create_commit(repo_id=repo_id, operations=operations, commit_message=commit_message, repo_type="model")
     logger.info("pushed %d files from %s to %s", len(operations), model_dir, url)
     return str(url)

@@ -3,7 +3,7 @@
 Importing `music_hf` registers it with transformers' `PIPELINE_REGISTRY`, so a saved folder (model and
 tokenizer saved together) or a Hub repo id loads like any other task:
 
-    pipe = pipeline("music-generation", model="outputs/small/final")
+    pipe = pipeline("music-generation", model="outputs/small")
     pipe(genre="chorale", max_new_tokens=256, seed=0)[0]["score"]  # a symusic.Score
 
 Each input (None or "" for a new piece, or a prompt: a MIDI/ABC path, MIDI bytes, ABC text or a

@@ -1,14 +1,16 @@
-"""Seeing and hearing a `symusic.Score`: a piano-roll image (matplotlib) and audio (FluidSynth).
+"""Seeing and hearing a `symusic.Score`: a piano-roll image (matplotlib) and audio (a General MIDI soundfont).
 
-Both work headless. Audio needs the `fluidsynth` program and a General MIDI soundfont (Debian:
-`apt-get install fluidsynth fluid-soundfont-gm`); without them `render_audio` returns None and
-`audio_available()` says what is missing, so callers can carry on without sound.
+Both work headless and need nothing from apt: audio comes from midirenderer (rustysynth in a PyPI wheel) with the
+TimGM6mb.sf2 soundfont that the pretty-midi wheel ships; the `fluidsynth` program is an option (`backend=`). When
+audio cannot be made, `render_audio` returns None and `audio_available()` says why, so callers carry on without it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -20,70 +22,19 @@ from typing import Any
 
 import numpy as np
 import symusic
+from miditok.constants import MIDI_INSTRUMENTS
+from miditok.utils import get_bars_ticks
 
 logger = logging.getLogger(__name__)
 
 DRUMS = 128  # the program number the package uses for drums
 
-GM_PROGRAM_NAMES: list[str] = [
-    # Piano
-    "Acoustic Grand Piano", "Bright Acoustic Piano", "Electric Grand Piano", "Honky-tonk Piano",
-    "Electric Piano 1", "Electric Piano 2", "Harpsichord", "Clavinet",
-    # Chromatic percussion
-    "Celesta", "Glockenspiel", "Music Box", "Vibraphone", "Marimba", "Xylophone", "Tubular Bells", "Dulcimer",
-    # Organ
-    "Drawbar Organ", "Percussive Organ", "Rock Organ", "Church Organ", "Reed Organ", "Accordion", "Harmonica",
-    "Tango Accordion",
-    # Guitar
-    "Acoustic Guitar (nylon)", "Acoustic Guitar (steel)", "Electric Guitar (jazz)", "Electric Guitar (clean)",
-    "Electric Guitar (muted)", "Overdriven Guitar", "Distortion Guitar", "Guitar Harmonics",
-    # Bass
-    "Acoustic Bass", "Electric Bass (finger)", "Electric Bass (pick)", "Fretless Bass", "Slap Bass 1",
-    "Slap Bass 2", "Synth Bass 1", "Synth Bass 2",
-    # Strings
-    "Violin", "Viola", "Cello", "Contrabass", "Tremolo Strings", "Pizzicato Strings", "Orchestral Harp",
-    "Timpani",
-    # Ensemble
-    "String Ensemble 1", "String Ensemble 2", "Synth Strings 1", "Synth Strings 2", "Choir Aahs", "Voice Oohs",
-    "Synth Voice", "Orchestra Hit",
-    # Brass
-    "Trumpet", "Trombone", "Tuba", "Muted Trumpet", "French Horn", "Brass Section", "Synth Brass 1",
-    "Synth Brass 2",
-    # Reed
-    "Soprano Sax", "Alto Sax", "Tenor Sax", "Baritone Sax", "Oboe", "English Horn", "Bassoon", "Clarinet",
-    # Pipe
-    "Piccolo", "Flute", "Recorder", "Pan Flute", "Blown Bottle", "Shakuhachi", "Whistle", "Ocarina",
-    # Synth lead
-    "Lead 1 (square)", "Lead 2 (sawtooth)", "Lead 3 (calliope)", "Lead 4 (chiff)", "Lead 5 (charang)",
-    "Lead 6 (voice)", "Lead 7 (fifths)", "Lead 8 (bass + lead)",
-    # Synth pad
-    "Pad 1 (new age)", "Pad 2 (warm)", "Pad 3 (polysynth)", "Pad 4 (choir)", "Pad 5 (bowed)", "Pad 6 (metallic)",
-    "Pad 7 (halo)", "Pad 8 (sweep)",
-    # Synth effects
-    "FX 1 (rain)", "FX 2 (soundtrack)", "FX 3 (crystal)", "FX 4 (atmosphere)", "FX 5 (brightness)",
-    "FX 6 (goblins)", "FX 7 (echoes)", "FX 8 (sci-fi)",
-    # Ethnic
-    "Sitar", "Banjo", "Shamisen", "Koto", "Kalimba", "Bagpipe", "Fiddle", "Shanai",
-    # Percussive
-    "Tinkle Bell", "Agogo", "Steel Drums", "Woodblock", "Taiko Drum", "Melodic Tom", "Synth Drum",
-    "Reverse Cymbal",
-    # Sound effects
-    "Guitar Fret Noise", "Breath Noise", "Seashore", "Bird Tweet", "Telephone Ring", "Helicopter", "Applause",
-    "Gunshot",
-    # index 128: the package's drum program
-    "Drums",
-]
-assert len(GM_PROGRAM_NAMES) == 129
+# miditok's General MIDI names (the first of the sound effects it lists together), then the drum program
+GM_PROGRAM_NAMES: list[str] = [instrument["name"].split(",")[0] for instrument in MIDI_INSTRUMENTS] + ["Drums"]
 
 SOUNDFONT_ENV = "MUSIC_HF_SOUNDFONT"
-SOUNDFONT_PATHS = (
-    "/usr/share/sounds/sf2/FluidR3_GM.sf2",  # Debian/Ubuntu fluid-soundfont-gm
-    "/usr/share/sounds/sf2/TimGM6mb.sf2",  # Debian/Ubuntu timgm6mb-soundfont
-    "/usr/share/sounds/sf2/default-GM.sf2",  # Debian alternatives link
-    "/usr/share/soundfonts/FluidR3_GM.sf2",  # Fedora, Arch
-    "/usr/share/soundfonts/default.sf2",
-    "/opt/homebrew/share/soundfonts/default.sf2",  # macOS Homebrew
-)
+AUDIO_BACKENDS = ("midirenderer", "fluidsynth")  # a PyPI wheel (the default), or the `fluidsynth` program (apt)
+PEAK = 0.89  # rendered audio is scaled so its loudest sample sits here (fraction of full scale)
 
 # Instrument colours: distinct, readable on white, colour-blind friendly first (Okabe-Ito), then tab10.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#8C564B", "#7F7F7F",
@@ -113,20 +64,14 @@ def bar_starts(score: symusic.Score, end: int | None = None) -> list[int]:
     (4/4 before the first one); a time signature change starts a new bar."""
     score = _as_ticks(score)
     end = score.end() if end is None else end
-    tpq = score.ticks_per_quarter
-    changes = sorted((int(ts.time), int(ts.numerator), int(ts.denominator)) for ts in score.time_signatures)
-    if not changes or changes[0][0] > 0:
-        changes.insert(0, (0, 4, 4))
-    starts: list[int] = []
-    for i, (time, num, den) in enumerate(changes):
-        stop = changes[i + 1][0] if i + 1 < len(changes) else max(end, time) + 1
-        bar_len = max(1, round(tpq * 4 * num / max(den, 1)))
-        t = time
-        while t < stop and t <= end:
-            if not starts or t > starts[-1]:
-                starts.append(t)
-            t += bar_len
-    return starts or [0]
+    frame = symusic.Score(score.ticks_per_quarter)  # the time signatures, and a silent note making `end` the end
+    frame.time_signatures = score.time_signatures.copy()
+    if not len(frame.time_signatures) or frame.time_signatures[0].time > 0:  # else miditok skips the first one
+        frame.time_signatures.insert(0, symusic.TimeSignature(0, 4, 4))
+    track = symusic.Track()
+    track.notes.append(symusic.Note(end, 1, 0, 0))
+    frame.tracks.append(track)
+    return [t for t in get_bars_ticks(frame) if t <= end]
 
 
 def bar_end_tick(score: symusic.Score, bars: int) -> int:
@@ -285,87 +230,106 @@ def piano_roll(score: symusic.Score, prompt_end_tick: int | None = None, path: s
 # ----- audio -------------------------------------------------------------------------------------
 
 def find_soundfont(soundfont: str | os.PathLike | None = None) -> str | None:
-    """The soundfont to use: `soundfont`, else $MUSIC_HF_SOUNDFONT, else the first standard GM path present."""
-    for candidate in (soundfont, os.environ.get(SOUNDFONT_ENV), *SOUNDFONT_PATHS):
+    """The soundfont to use: `soundfont`, else $MUSIC_HF_SOUNDFONT, else pretty-midi's General MIDI TimGM6mb.sf2."""
+    spec = importlib.util.find_spec("pretty_midi")  # found, not imported
+    bundled = Path(spec.origin).parent / "TimGM6mb.sf2" if spec and spec.origin else None
+    for candidate in (soundfont, os.environ.get(SOUNDFONT_ENV), bundled):
         if candidate and Path(candidate).is_file():
             return str(Path(candidate).resolve())
     return None
 
 
-def audio_available(soundfont: str | os.PathLike | None = None) -> tuple[bool, str]:
+def audio_available(soundfont: str | os.PathLike | None = None, backend: str = "midirenderer") -> tuple[bool, str]:
     """(True, soundfont path) when audio can be rendered, else (False, what is missing and how to get it)."""
-    if shutil.which("fluidsynth") is None:
-        return False, ("the `fluidsynth` program is not installed "
-                       "(Debian/Ubuntu: apt-get install fluidsynth fluid-soundfont-gm)")
+    if backend not in AUDIO_BACKENDS:
+        raise ValueError(f"unknown audio backend {backend!r}; use one of {', '.join(AUDIO_BACKENDS)}")
+    if backend == "midirenderer" and importlib.util.find_spec("midirenderer") is None:
+        return False, "midirenderer is not installed (pip install midirenderer, or music-hf[space])"
+    if backend == "fluidsynth" and shutil.which("fluidsynth") is None:
+        return False, "the `fluidsynth` program is not installed (Debian/Ubuntu: apt-get install fluidsynth)"
     explicit = soundfont or os.environ.get(SOUNDFONT_ENV)
     if explicit and not Path(explicit).is_file():
         return False, f"soundfont {explicit} not found"
     found = find_soundfont(soundfont)
     if found is None:
-        return False, ("no General MIDI soundfont found (apt-get install fluid-soundfont-gm, or set "
-                       f"{SOUNDFONT_ENV} to an .sf2 file); looked in {', '.join(SOUNDFONT_PATHS)}")
+        return False, (f"no soundfont: pip install pretty-midi (its wheel ships a General MIDI soundfont) or set "
+                       f"{SOUNDFONT_ENV} to an .sf2 file")
     return True, found
 
 
-def _normalize_wav(path: str, peak: float = 0.89) -> bool:
-    """Scale a 16-bit WAV so its loudest sample sits at `peak` of full scale; False if it is silent."""
-    with wave.open(path, "rb") as w:
-        params = w.getparams()
-        frames = w.readframes(params.nframes)
-    if params.sampwidth != 2:
-        return True
-    samples = np.frombuffer(frames, dtype="<i2").astype(np.float32)
-    loudest = float(np.abs(samples).max()) if samples.size else 0.0
-    if loudest < 1.0:
-        return False
-    scaled = np.clip(samples * (peak * 32767.0 / loudest), -32768, 32767).astype("<i2")
-    with wave.open(path, "wb") as w:
-        w.setparams(params)
-        w.writeframes(scaled.tobytes())
-    return True
+def _read_wav(file: str | io.BytesIO) -> tuple[np.ndarray, int]:
+    """A 16-bit WAV as float32 samples, shape (channels, samples), and its sample rate."""
+    with wave.open(file, "rb") as w:
+        if w.getsampwidth() != 2:
+            raise wave.Error(f"expected 16-bit samples, got {8 * w.getsampwidth()}-bit")
+        channels, rate, frames = w.getnchannels(), w.getframerate(), w.readframes(w.getnframes())
+    return (np.frombuffer(frames, dtype="<i2").reshape(-1, channels).T / 32768.0).astype(np.float32), rate
+
+
+def _fluidsynth(score: symusic.Score, soundfont: str, sample_rate: int, timeout: float) -> tuple[np.ndarray, int]:
+    with tempfile.TemporaryDirectory(prefix="music_hf_audio_") as tmp:
+        midi, wav = os.path.join(tmp, "in.mid"), os.path.join(tmp, "out.wav")
+        score.dump_midi(midi)
+        cmd = ["fluidsynth", "-ni", "-q", "-r", str(sample_rate), "-T", "wav", "-F", wav, soundfont, midi]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"fluidsynth took longer than {timeout:.0f} s") from None
+        if proc.returncode != 0 or not os.path.isfile(wav):
+            raise RuntimeError(f"fluidsynth failed (exit {proc.returncode}): "
+                               f"{(proc.stderr or proc.stdout).strip()[-500:]}")
+        return _read_wav(wav)
+
+
+def synthesize(score: symusic.Score, soundfont: str | os.PathLike | None = None, sample_rate: int = 22050,
+               backend: str = "midirenderer", timeout: float = 120.0) -> np.ndarray:
+    """`score` as float32 stereo audio at `sample_rate`, shape (2, samples), with a General MIDI soundfont.
+
+    Raises RuntimeError (saying why) when no audio can be made; `timeout` applies to the fluidsynth backend.
+    """
+    ok, found = audio_available(soundfont, backend)
+    if not ok:
+        raise RuntimeError(found)
+    if score.end() == 0:  # nothing at all, not even a rest (midirenderer cannot read such a file)
+        return np.zeros((2, 0), dtype=np.float32)
+    if backend == "fluidsynth":
+        audio, rate = _fluidsynth(score, found, int(sample_rate), timeout)
+    else:
+        import midirenderer
+
+        audio, rate = _read_wav(io.BytesIO(midirenderer.render_wave_from(Path(found).read_bytes(),
+                                                                         score.dumps_midi())))
+    return _resample(audio, rate, int(sample_rate)) if rate != sample_rate else audio  # midirenderer: 48 kHz
+
+
+def _resample(audio: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
+    """Band-limited resampling through the FFT, zero-padded to lengths whose FFTs are fast."""
+    g = math.gcd(rate, new_rate)
+    size = rate // g << max(0, math.ceil(math.log2(max(audio.shape[1], 1) * g / rate)))
+    out = np.fft.irfft(np.fft.rfft(audio, size, axis=1), size // (rate // g) * (new_rate // g), axis=1)
+    return (out[:, : round(audio.shape[1] * new_rate / rate)] * (new_rate / rate)).astype(np.float32)
 
 
 def render_audio(score: symusic.Score, path: str | os.PathLike | None = None,
                  soundfont: str | os.PathLike | None = None, sample_rate: int = 22050,
-                 timeout: float = 120.0) -> str | None:
-    """Synthesize `score` to a WAV file with FluidSynth and a General MIDI soundfont; returns its path.
+                 timeout: float = 120.0, backend: str = "midirenderer") -> str | None:
+    """Synthesize `score` (see `synthesize`) to a 16-bit stereo WAV, scaled to a peak of `PEAK`; returns its path.
 
-    Returns None (and logs why) when FluidSynth or a soundfont is missing, the score has no notes, or
-    rendering fails: audio is a bonus, never a crash.
+    Returns None (and logs why) when no audio can be made: audio is a bonus, never a crash.
     """
-    ok, found = audio_available(soundfont)
-    if not ok:
-        logger.warning("no audio: %s", found)
+    try:
+        audio = synthesize(score, soundfont, sample_rate, backend, timeout)
+    except (RuntimeError, ValueError, OSError, wave.Error) as e:
+        logger.warning("no audio: %s", e)
         return None
-    if score.note_num() == 0:
-        logger.warning("no audio: the score has no notes")
-        return None
+    loudest = float(np.abs(audio).max()) if audio.size else 0.0
+    if loudest > 1e-3:  # louder than dither
+        audio = audio * (PEAK / loudest)
     if path is None:
         fd, path = tempfile.mkstemp(suffix=".wav", prefix="music_hf_")
         os.close(fd)
-    path = str(path)
-    with tempfile.TemporaryDirectory(prefix="music_hf_audio_") as tmp:
-        midi = os.path.join(tmp, "in.mid")
-        score.dump_midi(midi)
-        cmd = ["fluidsynth", "-ni", "-q", "-g", "0.5", "-r", str(int(sample_rate)), "-T", "wav", "-F", path,
-               found, midi]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            logger.warning("no audio: fluidsynth took longer than %.0f s", timeout)
-            return None
-        except OSError as e:
-            logger.warning("no audio: could not run fluidsynth (%s)", e)
-            return None
-    if proc.returncode != 0 or not os.path.isfile(path) or os.path.getsize(path) <= 44:
-        logger.warning("no audio: fluidsynth failed (exit %s): %s", proc.returncode,
-                       (proc.stderr or proc.stdout).strip()[-500:])
-        return None
-    try:
-        _normalize_wav(path)
-    except (wave.Error, EOFError) as e:  # keep fluidsynth's file as it is
-        logger.warning("could not normalize %s: %s", path, e)
-    return path
+    symusic.dump_wav(str(path), np.asfortranarray(audio, dtype=np.float32), int(sample_rate), use_int16=True)
+    return str(path)
 
 
 def wav_peak(path: str | os.PathLike) -> float:
@@ -386,5 +350,6 @@ def describe_instruments(programs: Sequence[int]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1]
 
 
-__all__ = ["GM_PROGRAM_NAMES", "DRUMS", "piano_roll", "render_audio", "audio_available", "find_soundfont",
-           "program_name", "pitch_name", "bar_starts", "bar_end_tick", "wav_peak", "describe_instruments"]
+__all__ = ["GM_PROGRAM_NAMES", "DRUMS", "AUDIO_BACKENDS", "piano_roll", "synthesize", "render_audio",
+           "audio_available", "find_soundfont", "program_name", "pitch_name", "bar_starts", "bar_end_tick",
+           "wav_peak", "describe_instruments"]

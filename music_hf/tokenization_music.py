@@ -15,10 +15,12 @@ import json
 import os
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import miditok
+import numpy as np
 import symusic
 from transformers import PreTrainedTokenizer
 
@@ -30,10 +32,23 @@ DEFAULT_MAX_FILE_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_QUARTER_NOTES = 100_000  # about 14 hours at 120 bpm
 DRUM_PROGRAM = 128  # miditok writes drums as Program_-1; the attribute tables use 128
 # Token kinds the attribute tables know; the model embeds nothing from these names, only from the tables.
+# Saved models store indices into it: new kinds are appended, never inserted.
 TOKEN_KINDS = (
     "special", "Bar", "Position", "Pitch", "PitchDrum", "Velocity", "Duration",
     "Program", "Tempo", "TimeSig", "Rest", "other",
+    "NoteOn", "NoteOff", "DrumOn", "DrumOff", "TimeShift",
 )
+KIND_INDEX = {k: i for i, k in enumerate(TOKEN_KINDS)}
+# miditok's single-stream tokenizations whose tokens the table reads (BEAT writes most pitches as intervals, so no
+# per-id table can give them; CPWord, Octuple and MuMIDI stack tokens; MMM and PerTok need their own settings)
+TOKENIZATIONS = ("REMI", "TSD", "MIDILike", "Structured")
+PITCHED_KINDS = ("Pitch", "NoteOn", "NoteOff")  # carry a MIDI pitch of a melodic instrument
+DRUM_KINDS = ("PitchDrum", "DrumOn", "DrumOff")  # carry a drum pitch
+NOTE_START_KINDS = ("Pitch", "PitchDrum", "NoteOn", "DrumOn")  # one note each
+NOTE_OFF_KINDS = ("NoteOff", "DrumOff")
+TIME_VALUE_KINDS = ("Duration", "TimeShift", "Rest")  # values "beats.steps.resolution"
+# kinds with ordered values, each listed by value in `value_tables` (token-level augmentation moves along them)
+VALUE_KINDS = ("Pitch", "NoteOn", "NoteOff", "Velocity", "Duration", "Tempo", "Position")
 SPECIAL_TOKENS = {"pad_token": "PAD_None", "bos_token": "BOS_None", "eos_token": "EOS_None", "mask_token": "MASK_None"}
 _X_LINE = re.compile(r"^X:", re.MULTILINE)
 _HEADER_FIELD = re.compile(r"^(%%|[A-Za-z]:)")
@@ -219,6 +234,42 @@ def _source_name(x: Any) -> str:
     return "<bytes>" if isinstance(x, (bytes, bytearray, memoryview)) else f"<{type(x).__name__}>"
 
 
+@dataclass(frozen=True, eq=False)
+class TokenTable:
+    """What each id of a vocabulary means musically: numpy arrays indexed by id, built once per vocabulary.
+
+    A BPE id takes its facts from its base tokens; an id without any (a lone BPE word-start marker) is "other",
+    and an added token "special". Values are -1 (NaN for `value`) where an id has none.
+    """
+
+    kind: np.ndarray  # TOKEN_KINDS index of the id's first base token
+    last_kind: np.ndarray  # ... of its last base token
+    length: np.ndarray  # number of base tokens (1 without BPE)
+    value: np.ndarray  # float value of the first base token: pitch, velocity, program (drums 128), position,
+    #                    tempo (bpm), time signature (quarter notes per bar), Duration/TimeShift/Rest (beats)
+    numerator: np.ndarray  # time signature set by the id (its last TimeSig)
+    denominator: np.ndarray
+    pitch: np.ndarray  # MIDI pitch of the last Pitch/NoteOn/NoteOff in the id
+    note_count: np.ndarray  # notes started in the id (Pitch, PitchDrum, NoteOn, DrumOn)
+    bar_count: np.ndarray  # Bar tokens in the id
+    program_set: np.ndarray  # program in force after the id if it sets one (drums 128)
+    position_set: np.ndarray  # position in the bar after the id if it sets one (a Bar sets 0)
+    first_position: np.ndarray  # first / last Position of the id in the bar it starts in (before any Bar)
+    last_position: np.ndarray
+    grammar_position: np.ndarray  # lowest Position allowed after the id (a Bar gives 0, Position_k gives k + 1)
+    bar_positions: np.ndarray  # positions per bar in the time signature the id sets
+    # NoteOn/DrumOn (+1) and NoteOff/DrumOff (-1) events of each id, (vocab, max events per id): the sign, the
+    # pitch, the program set earlier in the id (-1: the one in force before it), and for an off the notes of that
+    # program and pitch the id itself opened before it (opened minus closed)
+    event_sign: np.ndarray
+    event_pitch: np.ndarray
+    event_program: np.ndarray
+    event_credit: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+
 class MusicTokenizer(PreTrainedTokenizer):
     """A transformers tokenizer whose "text" is music: MIDI/ABC paths, bytes or `symusic.Score`.
 
@@ -250,7 +301,7 @@ class MusicTokenizer(PreTrainedTokenizer):
                 `from_pretrained` passes the saved folder's. It holds the whole vocabulary, so when given,
                 `miditok_config` is only kept as the record of the overrides it was first built from.
                 `miditok_file` (the old name of this argument) is accepted as an alias.
-            tokenization: the miditok tokenization class (REMI by default; one token stream is needed).
+            tokenization: the miditok tokenization class, one of TOKENIZATIONS (REMI by default).
             miditok_config: overrides of `default_miditok_config` (miditok `TokenizerConfig` settings).
             max_file_bytes, max_quarter_notes: inputs beyond these raise `MusicFileError`.
             special_tokens_pattern: transformers' pattern for `add_special_tokens=True` ("bos_eos": BOS ... EOS).
@@ -264,8 +315,9 @@ class MusicTokenizer(PreTrainedTokenizer):
             # is not followed: transformers trusts no vocab-file path there (it could point outside the repository)
             # and passes the repository's own miditok_config.json as vocab_file instead.
             vocab_file = legacy_file
-        if not hasattr(miditok, tokenization):
-            raise ValueError(f"unknown miditok tokenization {tokenization!r}")
+        if tokenization not in TOKENIZATIONS:
+            raise ValueError(f"unknown or unsupported miditok tokenization {tokenization!r}; MusicTokenizer "
+                             f"supports {', '.join(TOKENIZATIONS)}")
         tok_class = getattr(miditok, tokenization)
         # kept (and saved) in JSON form: beat ranges as "start_end" keys, as miditok's own file writes them
         self.miditok_config = miditok_config_to_json(miditok_config)
@@ -300,9 +352,11 @@ class MusicTokenizer(PreTrainedTokenizer):
     def _build_vocab(self) -> None:
         """Token strings per id; with BPE a learned id's string is its base tokens joined by `|`."""
         mt = self.miditok
+        self._token_table = None  # the vocabulary changed: the per-id table is rebuilt on next use
         if mt.is_trained:
             id_to_bytes = {i: b for b, i in mt.vocab_model.items()}
             self._id_to_base = [list(mt._vocab_learned_bytes_to_tokens[id_to_bytes[i]]) for i in range(len(mt))]
+            self._id_to_base_ids = [[mt.vocab[t] for t in base] for base in self._id_to_base]
             # BPE split per bar/beat (miditok's default) learns word-start ids, "▁" + bytes, with the same base
             # tokens as the plain id, and a lone "▁" with none: the marker keeps their strings distinct.
             marker = getattr(mt._model.pre_tokenizer, "replacement", None)
@@ -310,6 +364,7 @@ class MusicTokenizer(PreTrainedTokenizer):
         else:
             inv = {i: t for t, i in mt.vocab.items()}
             self._id_to_base = [[inv[i]] for i in range(len(inv))]
+            self._id_to_base_ids = [[i] for i in range(len(inv))]
             prefixes = [""] * len(inv)
         self._id_to_token = [p + BPE_JOINER.join(base) for p, base in zip(prefixes, self._id_to_base)]
         self._token_to_id = {t: i for i, t in enumerate(self._id_to_token)}
@@ -370,7 +425,7 @@ class MusicTokenizer(PreTrainedTokenizer):
         except (RuntimeError, ValueError, IndexError, KeyError, ArithmeticError) as e:
             raise MusicFileError(source, f"miditok could not tokenize it ({type(e).__name__}: {e})") from e
         ids = list(seq.ids)
-        if not any(self._note_counts[i] for i in ids):
+        if not self.token_table.note_count[ids].any():
             raise EmptyMusicError(source, "no notes left after preprocessing (all outside the tokenizer's range)")
         return ids
 
@@ -424,123 +479,216 @@ class MusicTokenizer(PreTrainedTokenizer):
         paths = [Path(f) for f in files]
         self.miditok.train(vocab_size=vocab_size, model=model, files_paths=paths)
         self._build_vocab()
-        self._music_attributes = None
         self._update_total_vocab_size()
 
-    # ----- per-id music attributes ---------------------------------------------------------------
+    # ----- the per-id table and what derives from it -------------------------------------------------
     @property
-    def _note_counts(self) -> list[int]:
-        return self.music_attributes()["note_count"]
+    def token_table(self) -> TokenTable:
+        """The `TokenTable` of the whole vocabulary (added tokens included); built once, rebuilt when it changes."""
+        table = self._token_table
+        if table is None or len(table) != len(self):
+            table = self._token_table = self._make_token_table()
+        return table
+
+    def _make_token_table(self) -> TokenTable:
+        """Parse each base token string once (kind and value), then combine the base tokens of each id."""
+        mt = self.miditok
+        tpb = mt.time_division
+        special = set(mt.special_tokens)
+        base_kind = [KIND_INDEX["other"]] * len(mt.vocab)
+        base_value = [float("nan")] * len(mt.vocab)
+        base_signature = [(-1, -1)] * len(mt.vocab)
+        for token, i in mt.vocab.items():
+            name, _, raw = token.partition("_")
+            if token in special:
+                base_kind[i] = KIND_INDEX["special"]
+                continue
+            base_kind[i] = KIND_INDEX.get(name, KIND_INDEX["other"])
+            if name in PITCHED_KINDS + DRUM_KINDS or name in ("Velocity", "Position"):
+                base_value[i] = int(raw)
+            elif name == "Program":
+                base_value[i] = DRUM_PROGRAM if int(raw) == -1 else int(raw)
+            elif name == "Tempo":
+                base_value[i] = float(raw)
+            elif name == "TimeSig":
+                num, den = (int(v) for v in raw.split("/"))
+                base_signature[i], base_value[i] = (num, den), 4 * num / den
+            elif name in TIME_VALUE_KINDS:
+                base_value[i] = mt._time_token_to_ticks(raw, tpb) / tpb
+
+        k = KIND_INDEX
+        pitched = {k[n] for n in PITCHED_KINDS}
+        starts = {k[n] for n in NOTE_START_KINDS}
+        ons, offs = {k["NoteOn"], k["DrumOn"]}, {k[n] for n in NOTE_OFF_KINDS}
+        per_beat = int(mt.config.max_num_pos_per_beat)
+        size = len(self)  # ids past the base vocabulary are added tokens: "special", no music
+        cols = {name: np.full(size, -1, dtype=np.int64) for name in (
+            "numerator", "denominator", "pitch", "program_set", "position_set", "first_position",
+            "last_position", "grammar_position", "bar_positions")}
+        kind, cols["last_kind"] = (np.full(size, k["special"], dtype=np.int64) for _ in range(2))
+        length, note_count, bar_count = (np.zeros(size, dtype=np.int64) for _ in range(3))
+        value = np.full(size, np.nan)
+        events: list[list[tuple[int, int, int, int]]] = []
+        for i, base in enumerate(self._id_to_base_ids):
+            id_events: list[tuple[int, int, int, int]] = []
+            events.append(id_events)
+            length[i] = len(base)
+            if not base:  # a lone BPE word-start marker
+                kind[i] = cols["last_kind"][i] = k["other"]
+                continue
+            kind[i], cols["last_kind"][i], value[i] = base_kind[base[0]], base_kind[base[-1]], base_value[base[0]]
+            program, opened, bars = -1, {}, 0
+            for b in base:
+                bk, v = base_kind[b], base_value[b]
+                if bk in pitched:
+                    cols["pitch"][i] = v
+                note_count[i] += bk in starts
+                if bk == k["Bar"]:
+                    bar_count[i] += 1
+                    cols["position_set"][i] = cols["grammar_position"][i] = 0
+                elif bk == k["Position"]:
+                    cols["position_set"][i], cols["grammar_position"][i] = v, v + 1
+                    if not bar_count[i]:
+                        cols["last_position"][i] = v
+                        if cols["first_position"][i] < 0:
+                            cols["first_position"][i] = v
+                elif bk == k["Program"]:
+                    cols["program_set"][i] = program = v
+                elif bk == k["TimeSig"]:
+                    cols["numerator"][i], cols["denominator"][i] = base_signature[b]
+                    cols["bar_positions"][i] = base_signature[b][0] * per_beat
+                elif bk in ons or bk in offs:
+                    key = (program, int(v))
+                    sign = 1 if bk in ons else -1
+                    id_events.append((sign, int(v), program, opened.get(key, 0) if sign < 0 else 0))
+                    opened[key] = opened.get(key, 0) + sign
+        width = max((len(e) for e in events), default=0)
+        ev = np.zeros((size, width, 4), dtype=np.int64)
+        ev[:, :, 1:3] = -1
+        for i, id_events in enumerate(events):
+            if id_events:
+                ev[i, : len(id_events)] = id_events
+        return TokenTable(kind=kind, length=length, value=value, note_count=note_count, bar_count=bar_count,
+                          event_sign=ev[..., 0], event_pitch=ev[..., 1], event_program=ev[..., 2],
+                          event_credit=ev[..., 3], **cols)
+
+    def kind_ids(self, kind: str) -> np.ndarray:
+        """Ids that are a single `kind` token (no BPE merge), ascending."""
+        t = self.token_table
+        return np.flatnonzero((t.kind == KIND_INDEX[kind]) & (t.length == 1))
+
+    def token_id(self, kind: str, value: float | None = None) -> int:
+        """Id of the single `kind` token with this value (`token_id("Bar")`, `token_id("Position", 0)`)."""
+        ids = self.kind_ids(kind)
+        if value is not None:
+            ids = ids[self.token_table.value[ids] == value]
+        if len(ids) == 0:
+            raise KeyError(f"no {kind} token{'' if value is None else f' of value {value}'} in this "
+                           f"{self.tokenization} vocabulary")
+        return int(ids[0])
+
+    def nearest_id(self, kind: str, value: float) -> int:
+        """Id of the single `kind` token (Tempo, Velocity, Duration in beats...) whose value is nearest `value`."""
+        ids = self.kind_ids(kind)
+        if len(ids) == 0:
+            raise ValueError(f"this {self.tokenization} vocabulary has no {kind} tokens")
+        return int(ids[np.argmin(np.abs(self.token_table.value[ids] - value))])
+
+    def time_signatures(self) -> dict[str, int]:
+        """The vocabulary's time signatures ("3/4" -> id of its TimeSig token), by denominator, then numerator."""
+        t = self.token_table
+        ids = sorted(self.kind_ids("TimeSig"), key=lambda i: (t.denominator[i], t.numerator[i]))
+        return {f"{t.numerator[i]}/{t.denominator[i]}": int(i) for i in ids}
+
+    def opening_ids(self, time_signature: str | None = None, tempo: float | None = None) -> list[int]:
+        """Ids that open a piece in `time_signature` ("3/4") and the tempo bin nearest `tempo`, in this scheme's
+        order (REMI: Bar, TimeSig, Position 0, Tempo; without bars: TimeSig, Tempo). Nothing when both are None."""
+        if time_signature is None and tempo is None:
+            return []
+        ids = [self.token_id("Bar")] if len(self.kind_ids("Bar")) else []
+        if time_signature is not None:
+            signatures = self.time_signatures()
+            if time_signature not in signatures:
+                raise ValueError(f"time signature {time_signature} is not in this tokenizer's vocabulary")
+            ids.append(signatures[time_signature])
+        if tempo is not None:
+            if len(self.kind_ids("Position")):
+                ids.append(self.token_id("Position", 0))
+            ids.append(self.nearest_id("Tempo", tempo))
+        return ids
+
+    def closing_ids(self, ids: Sequence[int]) -> list[int]:
+        """Ids that end every note still sounding after `ids` (a NoteOn without its NoteOff, MIDILike), one
+        shortest TimeShift later: miditok drops such notes and counts them as errors. Empty for other schemes."""
+        t = self.token_table
+        program, sounding = 0, {}  # miditok starts at program 0
+        for i in ids:
+            for sign, pitch, own_program in zip(t.event_sign[i], t.event_pitch[i], t.event_program[i]):
+                if sign:
+                    key = (int(own_program) if own_program >= 0 else program, int(pitch))
+                    sounding[key] = sounding.get(key, 0) + int(sign)
+            program = int(t.program_set[i]) if t.program_set[i] >= 0 else program
+        sounding = {key: n for key, n in sorted(sounding.items()) if n > 0}
+        if not sounding:
+            return []
+        shifts = self.kind_ids("TimeShift")
+        shifts = shifts[t.value[shifts] > 0]
+        out = [int(shifts[np.argmin(t.value[shifts])])]
+        for (prog, pitch), n in sounding.items():
+            off = self.token_id("DrumOff" if prog == DRUM_PROGRAM else "NoteOff", pitch)
+            out += [self.token_id("Program", prog), off] * n
+        return out
 
     def music_attributes(self) -> dict[str, list[int]]:
-        """Per-id tables the model reads (computed once from the vocabulary, BPE ids from their base tokens).
-
-        - `kind`: index into TOKEN_KINDS of the id's first base token;
-        - `pitch`: MIDI pitch of the last Pitch in the id, -1 if none;
-        - `program_set`: program in force after the id if it sets one (drums = 128), else -1;
-        - `position_set`: position in the bar after the id if it sets one (a Bar sets 0), else -1;
-        - `bar_count`: number of Bar tokens in the id; `note_count`: number of notes (Pitch/PitchDrum) in it.
-        """
-        cached = getattr(self, "_music_attributes", None)
-        if cached is not None:
-            return cached
-        tables: dict[str, list[int]] = {k: [] for k in
-                                        ("kind", "pitch", "program_set", "position_set", "bar_count", "note_count")}
-        for base in self._id_to_base:
-            kind = base[0].split("_")[0] if base else "other"  # a lone BPE word-start marker has no base token
-            tables["kind"].append(TOKEN_KINDS.index(kind) if kind in TOKEN_KINDS else
-                                        (0 if kind in ("PAD", "BOS", "EOS", "MASK") else TOKEN_KINDS.index("other")))
-            pitch = program = position = -1
-            bars = notes = 0
-            for tok in base:
-                kind, _, value = tok.partition("_")
-                if kind == "Pitch":
-                    pitch, notes = int(value), notes + 1
-                elif kind == "PitchDrum":
-                    notes += 1
-                elif kind == "Program":
-                    program = DRUM_PROGRAM if int(value) == -1 else int(value)
-                elif kind == "Position":
-                    position = int(value)
-                elif kind == "Bar":
-                    position, bars = 0, bars + 1
-            for key, val in (("pitch", pitch), ("program_set", program), ("position_set", position),
-                             ("bar_count", bars), ("note_count", notes)):
-                tables[key].append(val)
-        self._music_attributes = tables
-        return tables
+        """The per-id lists the model reads (`MusicConfig.from_tokenizer` stores them): `kind`, `pitch`,
+        `program_set`, `position_set`, `bar_count`, `note_count`, as described in `TokenTable`."""
+        t = self.token_table
+        return {name: getattr(t, name).tolist()
+                for name in ("kind", "pitch", "program_set", "position_set", "bar_count", "note_count")}
 
     def grammar_tables(self) -> dict[str, Any]:
-        """What a grammar-constrained decoder needs, per id (computed here so nothing else parses token strings).
+        """What a grammar-constrained decoder needs: per-id arrays of `token_table` (`first_kind` (= kind),
+        `last_kind`, `first_position`, `last_position`, `grammar_position`, `bar_positions`, `program`
+        (= program_set), `event_*`), and
 
-        - `first_kind` / `last_kind`: TOKEN_KINDS index of the id's first / last base token;
-        - `first_position`: value of the id's first base token if it is a Position, else -1;
-        - `grammar_position`: the bar position the id leaves, as the lowest Position allowed next
-          (a Bar gives 0, Position_k gives k + 1), or -1 if it sets none;
-        - `bar_positions`: positions per bar set by a TimeSig id (numerator x positions per beat), else -1;
-        - `program`: program of a Program id (drums 128), else -1;
         - `next_kinds`: for each kind, the kinds miditok's grammar allows next (specials excluded);
+        - `start_kinds`: kinds a piece starts with: a Bar where the scheme has bars, else what may follow a
+          TimeShift;
+        - `open_kinds`: kinds after which a note is unfinished (Program, a note start, and Velocity where a
+          Duration follows it);
         - `default_bar_positions`: positions per bar in 4/4, before any TimeSig.
         """
-        per_beat = int(self.miditok.config.max_num_pos_per_beat)
-        kind_index = {k: i for i, k in enumerate(TOKEN_KINDS)}
-
-        def kind_of(tok: str) -> int:
-            name = tok.split("_")[0]
-            return kind_index.get(name, 0 if name in ("PAD", "BOS", "EOS", "MASK") else kind_index["other"])
-
-        tables: dict[str, Any] = {"first_kind": [], "last_kind": [], "first_position": [], "bar_positions": [],
-                                  "program": [], "grammar_position": []}
-        for base in self._id_to_base:
-            base = base or ["other"]  # a lone BPE word-start marker has no base token
-            first, _, value = base[0].partition("_")
-            tables["first_kind"].append(kind_of(base[0]))
-            tables["last_kind"].append(kind_of(base[-1]))
-            tables["first_position"].append(int(value) if first == "Position" else -1)
-            tables["program"].append((DRUM_PROGRAM if int(value) == -1 else int(value)) if first == "Program" else -1)
-            bar_positions = grammar_position = -1
-            for tok in base:
-                name, _, val = tok.partition("_")
-                if name == "TimeSig":
-                    bar_positions = int(val.split("/")[0]) * per_beat
-                elif name == "Bar":
-                    grammar_position = 0
-                elif name == "Position":
-                    grammar_position = int(val) + 1
-            tables["bar_positions"].append(bar_positions)
-            tables["grammar_position"].append(grammar_position)
+        t = self.token_table
         graph = self.miditok.tokens_types_graph
-        tables["next_kinds"] = {
-            kind_index[k]: sorted(kind_index[n] for n in nexts if n in kind_index and n != "special")
-            for k, nexts in graph.items() if k in kind_index
-        }
-        tables["default_bar_positions"] = 4 * per_beat
-        return tables
+        next_kinds = {KIND_INDEX[kind]: sorted(KIND_INDEX[n] for n in nexts if n in KIND_INDEX and n != "special")
+                      for kind, nexts in graph.items() if kind in KIND_INDEX}
+        first = "Bar" if "Bar" in graph else "TimeShift"
+        start_kinds = [KIND_INDEX["Bar"]] if first == "Bar" else next_kinds.get(KIND_INDEX[first], [])
+        open_kinds = ["Program", *NOTE_START_KINDS]
+        if "Duration" in graph.get("Velocity", ()):
+            open_kinds.append("Velocity")
+        return {"first_kind": t.kind, "last_kind": t.last_kind, "first_position": t.first_position,
+                "last_position": t.last_position, "grammar_position": t.grammar_position,
+                "bar_positions": t.bar_positions,
+                "program": t.program_set, "event_sign": t.event_sign, "event_pitch": t.event_pitch,
+                "event_program": t.event_program, "event_credit": t.event_credit, "next_kinds": next_kinds,
+                "start_kinds": start_kinds, "open_kinds": [KIND_INDEX[k] for k in open_kinds],
+                "default_bar_positions": 4 * int(self.miditok.config.max_num_pos_per_beat)}
 
-    def value_tables(self) -> dict[str, list[int]]:
-        """For each kind with ordered values (Pitch, Velocity, Duration, Tempo, Position), its ids sorted by
-        value: moving k steps in such a list transposes, changes loudness, tempo or timing by k bins.
-        Token-level augmentation uses it; with BPE, learned ids have no single value, so it is refused."""
+    def value_tables(self) -> dict[str, np.ndarray]:
+        """For each kind with ordered values (VALUE_KINDS: Pitch, NoteOn, NoteOff, Velocity, Duration, Tempo,
+        Position), its ids sorted by value: moving k steps in such a list transposes, changes loudness, tempo or
+        timing by k bins. Token-level augmentation uses it; with BPE, learned ids have no single value, so it is
+        refused."""
         if self.miditok.is_trained:
             raise ValueError("value_tables (token-level augmentation) needs a tokenizer without BPE")
-
-        def number(kind: str, value: str) -> float:
-            if kind == "Duration":  # beats.ticks.resolution
-                beats, ticks, res = (int(v) for v in value.split("."))
-                return beats + ticks / res
-            return float(value)
-
-        tables: dict[str, list[tuple[float, int]]] = {k: [] for k in ("Pitch", "Velocity", "Duration", "Tempo",
-                                                                       "Position")}
-        for i, base in enumerate(self._id_to_base):
-            kind, _, value = base[0].partition("_")
-            if kind in tables:
-                tables[kind].append((number(kind, value), i))
-        return {k: [i for _, i in sorted(v)] for k, v in tables.items()}
+        values = self.token_table.value
+        return {kind: ids[np.argsort(values[ids], kind="stable")]
+                for kind in VALUE_KINDS for ids in [self.kind_ids(kind)]}
 
     @property
     def max_position_in_bar(self) -> int:
-        return max(self.music_attributes()["position_set"]) + 1
+        return int(self.token_table.position_set.max()) + 1
 
     def __repr__(self) -> str:
         bpe = f", bpe={self.miditok.is_trained}"
@@ -557,4 +705,5 @@ class MusicTokenizer(PreTrainedTokenizer):
         })
 
 
-__all__ = ["MusicTokenizer", "MusicFileError", "EmptyMusicError", "load_score", "split_abc_tunes", "TOKEN_KINDS"]
+__all__ = ["MusicTokenizer", "TokenTable", "TOKENIZATIONS", "MusicFileError", "EmptyMusicError", "load_score", "split_abc_tunes",
+           "TOKEN_KINDS"]

@@ -1,234 +1,317 @@
-"""What the training and evaluation scripts share: the run config, data and model building, the optimizer's
-parameter groups, the epoch-seeded sampler, and the evaluation metrics."""
+"""A training run: its settings (data, model, loop, sampling defaults), data and model building, the optimizer's
+parameter groups and schedule, the epoch-seeded sampler, evaluation metrics, and the Accelerate loop `train`."""
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import dataclasses
+import json
+import logging
 import math
 import os
-import types
-import typing
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import yaml
 from torch import nn
+from transformers import PreTrainedConfig, get_scheduler
+from transformers.hf_argparser import HfArg
 
-from .configuration_music import MusicConfig
+from .configuration_music import ATTRIBUTE_TABLES, MusicConfig
 from .corpus import prepare_corpus, read_midi_folder
-from .data import (AugmentationConfig, DataSummary, MusicDataCollator, TokenAugmenter, load_or_tokenize,
-                   make_windows, pieces_from_entries, pieces_from_hf_dataset)
+from .data import (AugmentationConfig, DataSummary, MusicDataCollator, TokenAugmenter, genre_names,
+                   load_or_tokenize, make_windows, pieces_from_entries, pieces_from_hf_dataset, streaming_windows)
 from .modeling_music import MusicForCausalLM
-from .tokenization_music import MusicTokenizer
+from .tokenization_music import MIDI_SUFFIXES, MusicTokenizer
+
+logger = logging.getLogger("music_hf.train")
 
 
+# ----- settings ---------------------------------------------------------------------------------------
 @dataclass
-class TrainConfig:
-    """Every setting of a run; YAML files in scripts/configs/ set them and `--key value` overrides any."""
+class DataArguments:
+    """Where the pieces come from, how they are split, cut into windows and augmented, and the tokenizer."""
 
-    # data
-    corpus_collections: list[str] = field(default_factory=lambda: ["bach", "essenFolksong", "ryansMammoth"])
-    max_pieces_per_collection: int | None = 200
-    corpus_dir: str | None = None  # where converted corpus MIDI goes (default: ~/.cache/music_hf/corpus)
-    midi_dir: str | None = None  # train on a folder of MIDI files instead of the corpus
-    labels_file: str | None = None  # CSV/JSON genre labels for midi_dir
-    hf_dataset: str | None = None  # a dataset saved with save_to_disk, with a MIDI-bytes column
-    hf_midi_column: str = "midi"
-    hf_genre_column: str | None = "genre"
-    cache_dir: str | None = None  # Arrow cache of tokenized pieces (default: <corpus_dir>/../datasets)
-    num_proc: int = 2
-    validation_fraction: float = 0.05
-    test_fraction: float = 0.05
-    max_length: int = 256
-    overlap: int = 32
-    pack: bool = False
-    # augmentation (training split only)
-    pitch_shift: int = 0
-    tempo_shift: int = 0
-    velocity_jitter: int = 0
-    duration_jitter: int = 0
-    position_jitter: int = 0
-    augment_probability: float = 1.0
-    # tokenizer
-    tokenizer_path: str | None = None
-    bpe_vocab_size: int = 0
-    # model
-    architecture: str = "music"  # music | gpt2 (baseline without music embeddings)
-    hidden_size: int = 128
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    intermediate_size: int = 512
-    max_position_embeddings: int = 1024
-    norm_type: str = "layernorm"
-    conv_kernel_size: int = 0
-    position_embedding_type: str = "learned"
-    embedding_dropout: float = 0.1
-    attention_dropout: float = 0.0
-    hidden_dropout: float = 0.1
-    use_note_embedding: bool = True
-    use_instrument_embedding: bool = True
-    use_temporal_embedding: bool = True
-    use_genre_embedding: bool = True
-    gradient_checkpointing: bool = False
-    # optimization
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.01
-    l1_penalty: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.98
-    max_grad_norm: float = 1.0
-    warmup_steps: int = 100
-    max_steps: int = 1000
-    per_device_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    mixed_precision: str = "no"  # no | fp16 | bf16 (accelerate launch --mixed_precision takes precedence)
-    # loop
-    seed: int = 0
-    eval_every: int = 200
-    eval_max_batches: int | None = 50
-    save_every: int = 200
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    log_with: str | None = "tensorboard"
-    output_dir: str = "outputs/run"
-    push_to_hub: str | None = None
-    hub_private: bool = False
+    _argument_group_name = "data"
 
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-        values: dict[str, Any] = {}
-        if path is not None:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"{path}: unknown config key(s) {sorted(unknown)}")
-        values.update(overrides or {})
-        return cls(**values)
+    corpus_collections: list[str] = HfArg(
+        default_factory=lambda: ["bach", "essenFolksong", "ryansMammoth"],
+        help="music21 corpus collections to train on (space- or comma-separated; `all` for every one)")
+    max_pieces_per_collection: int | None = HfArg(default=200, help="pieces per collection at most (none: all)")
+    corpus_dir: str | None = HfArg(default=None, help="where the converted corpus MIDI goes "
+                                                      "(none: ~/.cache/music_hf/corpus)")
+    midi_dir: str | None = HfArg(default=None, help="train on this folder of MIDI files instead of the corpus")
+    labels_file: str | None = HfArg(default=None, help="CSV/JSON genre labels of the files in midi_dir")
+    hf_dataset: str | None = HfArg(default=None, help="train on this dataset (saved with save_to_disk, a column "
+                                                      "of MIDI bytes) instead of the corpus")
+    hf_midi_column: str = HfArg(default="midi", help="hf_dataset's column of MIDI bytes")
+    hf_genre_column: str | None = HfArg(default="genre", help="hf_dataset's genre column (none: no genres)")
+    cache_dir: str | None = HfArg(default=None, help="Arrow cache of the tokenized pieces (none: beside the data)")
+    num_proc: int = HfArg(default=2, help="processes for corpus conversion and tokenization")
+    validation_fraction: float = HfArg(default=0.05, help="share of the pieces held out for validation")
+    test_fraction: float = HfArg(default=0.05, help="share of the pieces held out for testing")
+    max_length: int = HfArg(default=256, help="tokens per window at most")
+    overlap: int = HfArg(default=32, help="tokens that consecutive windows of a piece share at least")
+    pack: bool = HfArg(default=False, help="concatenate short windows into full ones")
+    pitch_shift: int = HfArg(default=0, help="augmentation: transpose by up to this many semitones, up or down")
+    tempo_shift: int = HfArg(default=0, help="augmentation: move the tempo by up to this many tempo bins")
+    velocity_jitter: int = HfArg(default=0, help="augmentation: move each velocity by up to this many bins")
+    duration_jitter: int = HfArg(default=0, help="augmentation: move each duration by up to this many bins")
+    position_jitter: int = HfArg(default=0, help="augmentation: move each onset by up to this many positions")
+    augment_probability: float = HfArg(default=1.0, help="chance that a training window is augmented")
+    tokenizer_path: str | None = HfArg(default=None, help="load the tokenizer from this folder or Hub repo "
+                                                          "(none: a new REMI+ tokenizer)")
+    bpe_vocab_size: int = HfArg(default=0, help="learn BPE on the training pieces up to this vocabulary size "
+                                                "(0: no BPE)")
+    streaming: bool = HfArg(default=False, help="stream the training and validation windows (a datasets "
+                                                "IterableDataset read and tokenized as consumed, each process its "
+                                                "own pieces) instead of tokenizing everything first")
+    shuffle_buffer: int = HfArg(default=256, help="with streaming: pieces in the shuffle buffer")
+
+    def __post_init__(self) -> None:
+        self.corpus_collections = [c for item in self.corpus_collections for c in item.split(",") if c]
 
     def augmentation(self) -> AugmentationConfig:
         return AugmentationConfig(pitch_shift=self.pitch_shift, tempo_shift=self.tempo_shift,
                                   velocity_jitter=self.velocity_jitter, duration_jitter=self.duration_jitter,
                                   position_jitter=self.position_jitter, probability=self.augment_probability)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+
+# MusicConfig fields that MusicConfig.from_tokenizer fills from the tokenizer and the genres
+SET_BY_TOKENIZER = {"vocab_size", "id2genre", "pad_token_id", "bos_token_id", "eos_token_id",
+                    *(f"token_{name}" for name in ATTRIBUTE_TABLES)}
 
 
-def _parse_value(text: str, annotation: Any) -> Any:
-    """Turn a command-line string into the type a TrainConfig field declares."""
-    if text.lower() in ("none", "null"):
-        return None
-    target = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing), {})  # noqa: S307
-    if typing.get_origin(target) in (typing.Union, types.UnionType):  # `int | None` -> int; list[str] stays a list
-        target = next(a for a in typing.get_args(target) if a is not type(None))
-    if typing.get_origin(target) is list:
-        return [s for s in text.split(",") if s]
-    if target is bool:
-        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"expected a boolean, got {text!r}")
-        return text.lower() in ("true", "1", "yes")
-    return target(text)
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """`--key value` pairs (or `--key=value`) for any TrainConfig field, typed by the field."""
-    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    out: dict[str, Any] = {}
-    items = list(pairs)
-    i = 0
-    while i < len(items):
-        item = items[i]
-        if not item.startswith("--"):
-            raise ValueError(f"unexpected argument {item!r}")
-        key, eq, value = item[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(items):
-                raise ValueError(f"--{key} needs a value")
-            value, i = items[i + 1], i + 1
-        if key not in fields:
-            raise ValueError(f"unknown option --{key}; config keys are: {', '.join(sorted(fields))}")
-        try:
-            out[key] = _parse_value(value, fields[key])
-        except ValueError as e:
-            raise ValueError(f"--{key} {value!r}: {e}") from None
-        i += 1
+def _model_fields() -> list[tuple[str, Any, dataclasses.Field]]:
+    """One optional field per MusicConfig setting (its own fields, less those the tokenizer sets)."""
+    namespace = vars(sys.modules[MusicConfig.__module__])
+    inherited = {f.name for f in dataclasses.fields(PreTrainedConfig)}
+    out = []
+    for f in dataclasses.fields(MusicConfig):
+        if f.init and f.name not in inherited and f.name not in SET_BY_TOKENIZER:
+            hint = eval(f.type, namespace) if isinstance(f.type, str) else f.type  # noqa: S307 (an annotation)
+            help_text = f"MusicConfig.{f.name} (none: its default, {f.default!r})"
+            out.append((f.name, hint | None, HfArg(default=None, help=help_text)))
     return out
 
 
-def config_from_args(argv: Sequence[str] | None = None, description: str = "") -> tuple[argparse.Namespace,
-                                                                                            TrainConfig]:
-    """Parse the training command line: fixed flags plus `--<any config key> value` overrides."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", default=None, help="YAML file with TrainConfig keys")
-    parser.add_argument("--stop_after", type=int, default=None,
-                        help="end after N optimizer steps with a checkpoint, without changing the schedule")
-    parser.add_argument("--resume", nargs="?", const="latest", default=None,
-                        help="resume from the latest checkpoint in output_dir, or from PATH")
-    args, rest = parser.parse_known_args(argv)
-    try:
-        cfg = TrainConfig.from_yaml(args.config, parse_overrides(rest))
-    except (ValueError, TypeError, OSError) as e:
-        parser.error(str(e))
-    return args, cfg
+def _model_settings(self) -> dict[str, Any]:
+    """The settings given, as keyword arguments of `MusicConfig.from_tokenizer`."""
+    return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+ModelArguments = dataclasses.make_dataclass(
+    "ModelArguments", _model_fields(),
+    namespace={"__module__": __name__,
+               "__doc__": "MusicConfig keyword arguments (`model:` in a YAML file); unset ones keep its defaults.",
+               "_argument_group_name": "model (MusicConfig settings; `model:` in the YAML file)",
+               "settings": _model_settings})
+
+
+@dataclass
+class RunArguments:
+    """The model class, optimization, the loop's schedule of evaluations and checkpoints, and the output."""
+
+    _argument_group_name = "training"
+
+    architecture: Literal["music", "gpt2"] = HfArg(
+        default="music", help="music: MusicForCausalLM; gpt2: GPT2LMHeadModel of the same sizes (a baseline "
+                              "without music embeddings)")
+    gradient_checkpointing: bool = HfArg(default=False, help="recompute activations in the backward pass")
+    learning_rate: float = HfArg(default=1e-3, help="peak learning rate of AdamW")
+    min_lr_rate: float = HfArg(default=0.1, help="learning rate at the end of the cosine decay, as a fraction "
+                                                 "of the peak")
+    warmup_steps: int = HfArg(default=100, help="steps of linear warmup from 0 to the peak learning rate")
+    max_steps: int = HfArg(default=1000, help="optimizer steps of the run (the schedule's length)")
+    weight_decay: float = HfArg(default=0.01, help="AdamW weight decay of linear and conv weight matrices")
+    l1_penalty: float = HfArg(default=0.0, help="L1 penalty on the decayed weight matrices")
+    adam_beta1: float = HfArg(default=0.9, help="AdamW beta1")
+    adam_beta2: float = HfArg(default=0.98, help="AdamW beta2")
+    max_grad_norm: float = HfArg(default=1.0, help="gradient clipping norm (0: off)")
+    per_device_batch_size: int = HfArg(default=16, help="windows per process and micro-batch")
+    gradient_accumulation_steps: int = HfArg(default=1, help="micro-batches per optimizer step")
+    mixed_precision: Literal["no", "fp16", "bf16"] = HfArg(
+        default="no", help="autocast precision (`accelerate launch --mixed_precision` takes precedence)")
+    seed: int = HfArg(default=0, help="seed of the split, initialization, data order and augmentation")
+    eval_every: int = HfArg(default=200, help="evaluate on the validation split every this many steps")
+    eval_max_batches: int | None = HfArg(default=50, help="validation batches per evaluation at most "
+                                                          "(none: all)")
+    save_every: int = HfArg(default=200, help="save a checkpoint every this many steps")
+    keep_checkpoints: int = HfArg(default=2, help="checkpoints kept (the oldest are deleted)")
+    log_every: int = HfArg(default=10, help="log the training loss every this many steps")
+    log_with: str | None = HfArg(default="tensorboard", help="accelerate tracker (none: no tracking)")
+    output_dir: str = HfArg(default="outputs/run", help="the final model and tokenizer; checkpoint-N folders, "
+                                                        "logs beside them")
+    push_to_hub: str | None = HfArg(default=None, help="push the final model to this Hub repo (namespace/name)")
+    hub_private: bool = HfArg(default=False, help="create the Hub repo private")
+
+
+@dataclass
+class SamplingArguments:
+    """Sampling defaults: a run writes them to its model's generation_config.json, which generation reads."""
+
+    _argument_group_name = "sampling"
+
+    temperature: float | None = HfArg(default=1.0, help="sampling temperature (none: the model's)")
+    top_k: int | None = HfArg(default=0, help="sample among the k likeliest tokens (0: off; none: the model's)")
+    top_p: float | None = HfArg(default=0.95, help="sample within this probability mass (1: off; none: the "
+                                                   "model's)")
+
+
+# sampling settings that generation reads from the model's generation_config.json
+MODEL_SAMPLING = {f.name: None for f in dataclasses.fields(SamplingArguments)}
+
+
+@dataclass
+class TrainConfig:
+    """A run's settings, shaped like the YAML files in scripts/configs/: data, training and sampling keys at the
+    top, MusicConfig settings under `model:`."""
+
+    data: DataArguments = dataclasses.field(default_factory=DataArguments)
+    model: ModelArguments = dataclasses.field(default_factory=ModelArguments)
+    training: RunArguments = dataclasses.field(default_factory=RunArguments)
+    sampling: SamplingArguments = dataclasses.field(default_factory=SamplingArguments)
+
+    @staticmethod
+    def argument_types() -> tuple[type, ...]:
+        """The section dataclasses in field order (for HfArgumentParser; `TrainConfig(*parsed)` rebuilds one)."""
+        return DataArguments, ModelArguments, RunArguments, SamplingArguments
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
+        """A config from its YAML form; a key that is no setting is a ValueError naming it and `source`."""
+        values = dict(values)
+        model = values.pop("model", None) or {}
+        model_keys = {f.name for f in dataclasses.fields(ModelArguments)}
+        if not isinstance(model, Mapping):
+            raise ValueError(f"{source}: `model:` must map MusicConfig settings to values, got {model!r}")
+        if set(model) - model_keys:
+            raise ValueError(f"{source}: unknown model setting(s) {sorted(set(model) - model_keys)} under `model:`; "
+                             f"MusicConfig settings are: {', '.join(sorted(model_keys))}")
+        flat = {f.name for t in (DataArguments, RunArguments, SamplingArguments) for f in dataclasses.fields(t)}
+        unknown = set(values) - flat
+        if unknown:
+            hint = " (model settings go under `model:`)" if unknown & model_keys else ""
+            raise ValueError(f"{source}: unknown config key(s) {sorted(unknown)}{hint}")
+        return cls().replace(**values, **model)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> TrainConfig:
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {}, str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form: what `from_dict` reads back, saved with each run."""
+        return {**dataclasses.asdict(self.data), "model": self.model.settings(),
+                **dataclasses.asdict(self.training), **dataclasses.asdict(self.sampling)}
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its command-line name."""
+        return {k: v for part in dataclasses.fields(self)
+                for k, v in dataclasses.asdict(getattr(self, part.name)).items()}
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with settings changed by their command-line names."""
+        parts = {}
+        for part in dataclasses.fields(self):
+            section = getattr(self, part.name)
+            own = {f.name: changes.pop(f.name) for f in dataclasses.fields(section) if f.name in changes}
+            parts[part.name] = dataclasses.replace(section, **own)
+        if changes:
+            raise ValueError(f"unknown setting(s) {sorted(changes)}")
+        return TrainConfig(**parts)
 
 
 # ----- data -------------------------------------------------------------------------------------------
+def _source(cfg: TrainConfig, progress: bool = True) -> tuple[Any, list[Any] | None, str]:
+    """The run's pieces as (hf dataset, None) or (None, corpus/folder entries), with their default cache folder."""
+    data = cfg.data
+    if data.hf_dataset:
+        import datasets
+        ds = datasets.load_from_disk(data.hf_dataset)
+        ds = ds["train"] if isinstance(ds, datasets.DatasetDict) else ds
+        return ds, None, os.path.join(data.hf_dataset, "..", "music_hf_tokenized")
+    if data.midi_dir:
+        entries = read_midi_folder(data.midi_dir, labels=data.labels_file)
+        if not entries:
+            raise ValueError(f"{data.midi_dir}: no MIDI files found (suffixes {', '.join(MIDI_SUFFIXES)})")
+        return None, entries, os.path.join(data.midi_dir, ".music_hf_cache")
+    summary = prepare_corpus(output_dir=data.corpus_dir, collections=data.corpus_collections,
+                             max_pieces_per_collection=data.max_pieces_per_collection,
+                             num_workers=data.num_proc, progress=progress)
+    return None, summary.entries, os.path.join(summary.output_dir, "..", "datasets")
+
+
 def load_pieces(cfg: TrainConfig, progress: bool = True) -> tuple[Any, list[str], str, str]:
     """The pieces dataset, the genre names (index 0 "unknown"), its music column and its cache folder."""
-    if cfg.hf_dataset:
-        import datasets
-        ds = datasets.load_from_disk(cfg.hf_dataset)
-        ds = ds["train"] if isinstance(ds, datasets.DatasetDict) else ds
-        pieces = pieces_from_hf_dataset(ds, cfg.hf_midi_column, cfg.hf_genre_column)
-        column, cache = "midi_bytes", cfg.cache_dir or os.path.join(cfg.hf_dataset, "..", "music_hf_tokenized")
-    elif cfg.midi_dir:
-        entries = read_midi_folder(cfg.midi_dir, labels=cfg.labels_file)
-        if not entries:
-            raise ValueError(f"{cfg.midi_dir}: no .mid/.midi files found")
-        pieces, column = pieces_from_entries(entries), "path"
-        cache = cfg.cache_dir or os.path.join(cfg.midi_dir, ".music_hf_cache")
+    data = cfg.data
+    ds, entries, cache = _source(cfg, progress)
+    if ds is not None:
+        pieces, column = pieces_from_hf_dataset(ds, data.hf_midi_column, data.hf_genre_column), "midi_bytes"
     else:
-        summary = prepare_corpus(output_dir=cfg.corpus_dir, collections=cfg.corpus_collections,
-                                 max_pieces_per_collection=cfg.max_pieces_per_collection,
-                                 num_workers=cfg.num_proc, progress=progress)
-        pieces, column = pieces_from_entries(summary.entries), "path"
-        cache = cfg.cache_dir or os.path.join(summary.output_dir, "..", "datasets")
-    genres = ["unknown"] + sorted({g for g in pieces["genre"] if g != "unknown"})
-    return pieces, genres, column, cache
+        pieces, column = pieces_from_entries(entries), "path"
+    return pieces, genre_names(pieces["genre"]), column, data.cache_dir or cache
 
 
 def build_tokenizer(cfg: TrainConfig, pieces: Any = None, column: str = "path") -> MusicTokenizer:
     """The run's tokenizer: loaded from `tokenizer_path`, else REMI+ (with BPE learned on train pieces if asked)."""
-    if cfg.tokenizer_path:
-        return MusicTokenizer.from_pretrained(cfg.tokenizer_path)
+    if cfg.data.tokenizer_path:
+        return MusicTokenizer.from_pretrained(cfg.data.tokenizer_path)
     tokenizer = MusicTokenizer()
-    if cfg.bpe_vocab_size and pieces is not None and column == "path":
-        tokenizer.train_bpe(cfg.bpe_vocab_size, pieces[column])
+    if cfg.data.bpe_vocab_size and pieces is not None and column == "path":
+        tokenizer.train_bpe(cfg.data.bpe_vocab_size, pieces[column])
     return tokenizer
 
 
 def build_datasets(cfg: TrainConfig, tokenizer: MusicTokenizer | None = None, progress: bool = True
                    ) -> tuple[MusicTokenizer, list[str], Any, DataSummary, dict[str, Any]]:
     """Tokenizer, genres, tokenized pieces (DatasetDict), summary, and windows per split."""
+    data = cfg.data
     pieces, genres, column, cache = load_pieces(cfg, progress)
     tokenizer = tokenizer or build_tokenizer(cfg, pieces, column)
     ds, summary = load_or_tokenize(pieces, tokenizer, genres, cache_dir=cache, music_column=column,
-                                   num_proc=cfg.num_proc, seed=cfg.seed,
-                                   validation_fraction=cfg.validation_fraction, test_fraction=cfg.test_fraction)
-    windows = {name: make_windows(split, tokenizer, cfg.max_length, cfg.overlap, cfg.pack)
+                                   num_proc=data.num_proc, seed=cfg.training.seed,
+                                   validation_fraction=data.validation_fraction, test_fraction=data.test_fraction)
+    windows = {name: make_windows(split, tokenizer, data.max_length, data.overlap, data.pack)
                for name, split in ds.items() if len(split)}
     return tokenizer, genres, ds, summary, windows
 
 
+def build_streams(cfg: TrainConfig, rank: int = 0, world_size: int = 1, progress: bool = True
+                  ) -> tuple[MusicTokenizer, list[str], dict[str, Any]]:
+    """Tokenizer, genres and streamed windows per split (`streaming_windows`): this process's share of the pieces,
+    split as `build_datasets` splits them."""
+    data = cfg.data
+    if data.bpe_vocab_size and not data.tokenizer_path:
+        raise ValueError("streaming learns no BPE (it sees no pieces ahead): pass tokenizer_path of a BPE tokenizer")
+    ds, entries, _ = _source(cfg, progress)
+    if ds is not None:
+        source: dict[str, Any] = {"dataset": ds, "midi_column": data.hf_midi_column,
+                                  "genre_column": data.hf_genre_column}
+        labels = ds[data.hf_genre_column] if data.hf_genre_column else []
+    else:
+        source, labels = {"entries": entries}, [e.genre for e in entries]
+    genres = genre_names(labels)
+    tokenizer = build_tokenizer(cfg)
+    streams = {split: streaming_windows(tokenizer, genres, data.max_length, data.overlap, split=split,
+                                        validation_fraction=data.validation_fraction,
+                                        test_fraction=data.test_fraction, seed=cfg.training.seed,
+                                        buffer_size=data.shuffle_buffer, rank=rank, world_size=world_size, **source)
+               for split in ("train", "validation")}
+    return tokenizer, genres, streams
+
+
 def train_collator(cfg: TrainConfig, tokenizer: MusicTokenizer) -> MusicDataCollator:
-    aug = cfg.augmentation()
+    aug = cfg.data.augmentation()
     augmenter = TokenAugmenter(tokenizer, aug) if aug.enabled else None
-    return MusicDataCollator(tokenizer.pad_token_id, augmenter=augmenter, seed=cfg.seed)
+    return MusicDataCollator(tokenizer.pad_token_id, augmenter=augmenter, seed=cfg.training.seed)
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):
@@ -256,27 +339,19 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 
 # ----- model ------------------------------------------------------------------------------------------
 def build_model(cfg: TrainConfig, tokenizer: MusicTokenizer, genres: Sequence[str]) -> nn.Module:
-    """A fresh model for the run: MusicForCausalLM, or GPT-2 of the same size as a baseline."""
-    if cfg.architecture == "gpt2":
-        from transformers import GPT2Config, GPT2LMHeadModel
-        return GPT2LMHeadModel(GPT2Config(
-            vocab_size=len(tokenizer), n_positions=cfg.max_position_embeddings, n_embd=cfg.hidden_size,
-            n_layer=cfg.num_hidden_layers, n_head=cfg.num_attention_heads, n_inner=cfg.intermediate_size,
-            resid_pdrop=cfg.hidden_dropout, embd_pdrop=cfg.embedding_dropout, attn_pdrop=cfg.attention_dropout,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id))
-    if cfg.architecture != "music":
-        raise ValueError(f"architecture must be 'music' or 'gpt2', got {cfg.architecture!r}")
-    config = MusicConfig.from_tokenizer(
-        tokenizer, genres=list(genres), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
-        max_position_embeddings=cfg.max_position_embeddings, norm_type=cfg.norm_type,
-        conv_kernel_size=cfg.conv_kernel_size, position_embedding_type=cfg.position_embedding_type,
-        embedding_dropout=cfg.embedding_dropout, attention_dropout=cfg.attention_dropout,
-        hidden_dropout=cfg.hidden_dropout, use_note_embedding=cfg.use_note_embedding,
-        use_instrument_embedding=cfg.use_instrument_embedding, use_temporal_embedding=cfg.use_temporal_embedding,
-        use_genre_embedding=cfg.use_genre_embedding)
-    return MusicForCausalLM(config)
+    """A fresh model for the run: MusicForCausalLM, or GPT-2 of the same sizes as a baseline."""
+    config = MusicConfig.from_tokenizer(tokenizer, genres=list(genres), **cfg.model.settings())
+    if cfg.training.architecture == "music":
+        return MusicForCausalLM(config)
+    if cfg.training.architecture != "gpt2":
+        raise ValueError(f"architecture must be 'music' or 'gpt2', got {cfg.training.architecture!r}")
+    from transformers import GPT2Config, GPT2LMHeadModel
+    return GPT2LMHeadModel(GPT2Config(
+        vocab_size=len(tokenizer), n_positions=config.max_position_embeddings, n_embd=config.hidden_size,
+        n_layer=config.num_hidden_layers, n_head=config.num_attention_heads, n_inner=config.intermediate_size,
+        resid_pdrop=config.hidden_dropout, embd_pdrop=config.embedding_dropout, attn_pdrop=config.attention_dropout,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
 
 
 def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -305,14 +380,11 @@ def l1_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
     return sum(p.abs().sum() for p in params)
 
 
-def lr_lambda(warmup_steps: int, max_steps: int):
-    """Linear warmup then cosine decay to 10% of the peak learning rate."""
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
+def lr_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps: int,
+                 min_lr_rate: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup, then cosine decay to `min_lr_rate` x the peak learning rate (transformers' schedule)."""
+    return get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=warmup_steps,
+                         num_training_steps=max_steps, scheduler_specific_kwargs={"min_lr_rate": min_lr_rate})
 
 
 # ----- evaluation -------------------------------------------------------------------------------------
@@ -354,6 +426,249 @@ def evaluate(model: nn.Module, dataloader: Iterable[dict[str, torch.Tensor]], no
             "nll_per_note": nll / max(notes, 1.0), "tokens": tokens, "notes": notes}
 
 
-__all__ = ["TrainConfig", "config_from_args", "parse_overrides", "load_pieces", "build_tokenizer",
-           "build_datasets", "train_collator", "EpochSampler", "build_model", "model_inputs", "parameter_groups",
-           "l1_norm", "lr_lambda", "evaluate"]
+# ----- the loop ---------------------------------------------------------------------------------------
+class TrainState:
+    """Step and epoch counters saved with every checkpoint (accelerate's `register_for_checkpointing`)."""
+
+    def __init__(self) -> None:
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+
+
+CHECKPOINT_DONE = "checkpoint_complete"  # written once every process has saved: a folder without it was cut short
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """Complete `checkpoint-N` folders, oldest first (a run killed while saving leaves one that is skipped)."""
+    found = [p for p in output_dir.glob("checkpoint-*") if (p / CHECKPOINT_DONE).is_file()]
+    return sorted(found, key=lambda p: int(re.sub(r"\D", "", p.name)))
+
+
+def train(cfg: TrainConfig, stop_after: int | None = None, resume: str | None = None) -> dict[str, Any]:
+    """Train with a plain Accelerate loop (one process or many: DDP, FSDP, DeepSpeed through `accelerate launch`).
+
+    The final model, tokenizer and generation config land in `output_dir`, checkpoints in `output_dir/checkpoint-N`.
+    `stop_after` ends after that many optimizer steps with a checkpoint, the schedule unchanged; `resume` ("latest"
+    or a checkpoint folder) continues from a checkpoint. Returns the step reached, the last training loss, the
+    last evaluation's metrics and the process count.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from torch.utils.data import DataLoader, Subset
+    from tqdm.auto import tqdm
+
+    run = cfg.training
+    out = Path(run.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=None if os.environ.get("ACCELERATE_MIXED_PRECISION") else run.mixed_precision,
+        step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps, whatever the process count
+        log_with=run.log_with, project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
+    set_seed(run.seed)
+
+    # data: the main process prepares the corpus and the Arrow cache first, the others then read them
+    streaming = cfg.data.streaming
+    summary = None
+    with accelerator.main_process_first():
+        if streaming:  # each process streams its own pieces: nothing is tokenized ahead
+            tokenizer, genres, windows = build_streams(cfg, accelerator.process_index, accelerator.num_processes,
+                                                       progress=accelerator.is_main_process)
+        else:
+            tokenizer, genres, _, summary, windows = build_datasets(cfg, progress=accelerator.is_main_process)
+            logger.info("data:\n%s", summary)
+    if "train" not in windows:
+        raise SystemExit("no training pieces: check the data settings")
+    train_windows = windows["train"]
+    eval_windows = windows.get("validation") or windows.get("test")
+
+    model = build_model(cfg, tokenizer, genres)
+    if run.gradient_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("model: %s, %.2fM parameters; %s training windows", run.architecture, n_params / 1e6,
+                "streamed" if streaming else len(train_windows))
+
+    collator = train_collator(cfg, tokenizer)
+    if streaming:  # already this process's share: the loader is not prepared (accelerate would shard it again)
+        sampler = None
+        train_loader = DataLoader(train_windows, batch_size=run.per_device_batch_size, collate_fn=collator,
+                                  drop_last=True)
+    else:
+        sampler = EpochSampler(len(train_windows), run.seed, multiple_of=run.per_device_batch_size *
+                               accelerator.num_processes * run.gradient_accumulation_steps)
+        train_loader = DataLoader(train_windows, batch_size=run.per_device_batch_size, sampler=sampler,
+                                  collate_fn=collator, drop_last=True,
+                                  # its own generator: creating an iterator then draws nothing from the global
+                                  # RNG, so dropout after a resume sees the same random stream as an unbroken run
+                                  generator=torch.Generator().manual_seed(run.seed))
+        if len(train_loader) < accelerator.num_processes * run.gradient_accumulation_steps:
+            raise SystemExit(f"too few training windows ({len(train_windows)}) for batch size "
+                             f"{run.per_device_batch_size} x {accelerator.num_processes} processes")
+    optimizer = torch.optim.AdamW(parameter_groups(model, run.weight_decay), lr=run.learning_rate,
+                                  betas=(run.adam_beta1, run.adam_beta2))
+    scheduler = lr_scheduler(optimizer, run.warmup_steps, run.max_steps, run.min_lr_rate)
+    if streaming:
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    else:
+        model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+
+    # evaluation: each process takes every n-th window, sums are reduced across processes
+    eval_loader = None
+    if streaming:  # this process's validation pieces
+        eval_loader = DataLoader(eval_windows, batch_size=run.per_device_batch_size,
+                                 collate_fn=MusicDataCollator(tokenizer.pad_token_id))
+    elif eval_windows is not None and len(eval_windows):
+        shard = Subset(eval_windows, range(accelerator.process_index, len(eval_windows), accelerator.num_processes))
+        eval_loader = DataLoader(shard, batch_size=run.per_device_batch_size,
+                                 collate_fn=MusicDataCollator(tokenizer.pad_token_id))
+    note_counts = tokenizer.music_attributes()["note_count"]
+
+    if resume:
+        found = checkpoints(out)
+        path = Path(resume) if resume != "latest" else found[-1] if found else None
+        if path is None:
+            logger.warning("resume: no checkpoint in %s, starting from scratch", out)
+        else:
+            accelerator.load_state(str(path))
+            logger.info("resumed from %s at step %d", path, state.step)
+
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    if run.log_with:
+        accelerator.init_trackers("music-hf", {k: v for k, v in cfg.flat().items()
+                                               if isinstance(v, (int, float, str, bool))})
+
+    def save_checkpoint() -> None:
+        path = out / f"checkpoint-{state.step}"
+        if accelerator.is_main_process:
+            (path / CHECKPOINT_DONE).unlink(missing_ok=True)  # overwriting: incomplete until saved again
+        accelerator.save_state(str(path))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (path / CHECKPOINT_DONE).touch()
+            for old in checkpoints(out)[: -run.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    last_step = run.max_steps if stop_after is None else min(run.max_steps, state.step + stop_after)
+    decay_params = [p for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]]
+    accum = run.gradient_accumulation_steps
+    progress = tqdm(total=run.max_steps, initial=state.step, disable=not accelerator.is_local_main_process,
+                    desc="training", mininterval=0.5 if sys.stderr.isatty() else 30.0)  # a log file gets a line / 30 s
+    history: list[dict[str, float]] = []
+    metrics: dict[str, float] = {}
+    model.train()
+    t0, tokens_seen = time.time(), 0
+
+    def streamed_batches():
+        """Micro-batches of this process's stream from where the run stands (an epoch's batches are skipped
+        again on resume), on the device; each epoch reshuffles."""
+        while True:
+            train_windows.set_epoch(state.epoch)
+            collator.epoch = state.epoch
+            seen = 0
+            for seen, batch in enumerate(train_loader, start=1):
+                if seen > state.batch_in_epoch:
+                    state.batch_in_epoch += 1
+                    yield {k: v.to(accelerator.device) for k, v in batch.items()}
+            if seen == 0:
+                raise SystemExit(f"process {accelerator.process_index} streamed no training batch: too few "
+                                 f"pieces for {accelerator.num_processes} processes x batch size "
+                                 f"{run.per_device_batch_size}")
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+
+    def batches():
+        """Micro-batches from where the run stands, across epochs, in the same order as an unbroken run."""
+        while True:
+            loader = accelerator.skip_first_batches(train_loader, state.batch_in_epoch) \
+                if state.batch_in_epoch else train_loader
+            loader.set_epoch(state.epoch)  # accelerate passes it on to the EpochSampler at each iteration...
+            sampler.set_epoch(state.epoch)  # ...except through skip_first_batches' wrapper with several processes
+            collator.epoch = state.epoch
+            for batch in loader:
+                state.batch_in_epoch += 1
+                yield batch
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+
+    stream = streamed_batches() if streaming else batches()
+    while state.step < last_step:
+        micro = [next(stream) for _ in range(accum)]
+        # the loss is a sum over tokens divided by the tokens of the whole step, over all micro-batches and
+        # processes; DDP averages gradients over processes, hence the factor num_processes
+        local_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+        step_tokens = accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum").item()
+        step_loss = 0.0
+        for i, batch in enumerate(micro):
+            sync = accelerator.no_sync(model) if i < accum - 1 else contextlib.nullcontext()
+            with sync:
+                with accelerator.autocast():
+                    outputs = model(**model_inputs(model, batch), num_items_in_batch=step_tokens)
+                loss = outputs.loss * accelerator.num_processes
+                if run.l1_penalty:
+                    loss = loss + run.l1_penalty * l1_norm(decay_params) / accum
+                accelerator.backward(loss)
+                step_loss += outputs.loss.detach().float().item()
+        if run.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), run.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        tokens_seen += step_tokens
+        step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item()
+        progress.update(1)
+        progress.set_postfix(loss=f"{step_loss:.3f}")
+        history.append({"step": state.step, "loss": step_loss})
+        if accelerator.is_main_process:  # written as it happens, so a killed run keeps its log (a resume
+            with (out / "train_log.jsonl").open("a") as f:  # appends the steps it redoes again)
+                f.write(json.dumps(history[-1]) + "\n")
+        if state.step % run.log_every == 0 or state.step == 1:
+            accelerator.log({"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0],
+                             "train/tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9)}, step=state.step)
+        if eval_loader is not None and (state.step % run.eval_every == 0 or state.step == run.max_steps):
+            # streamed shards differ in length: the unwrapped model runs no collective op per batch
+            metrics = evaluate(accelerator.unwrap_model(model) if streaming else model, eval_loader, note_counts,
+                               accelerator, run.eval_max_batches)
+            accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
+            logger.info("step %d eval %s", state.step, {k: round(v, 4) for k, v in metrics.items()})
+        if state.step % run.save_every == 0 or state.step == last_step:
+            save_checkpoint()
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    if state.step >= run.max_steps:
+        unwrapped = accelerator.unwrap_model(model)
+        if accelerator.is_main_process:
+            unwrapped.generation_config.update(do_sample=True, **dataclasses.asdict(cfg.sampling))
+            unwrapped.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+            (out / "training_results.json").write_text(json.dumps({
+                "eval": metrics, "steps": state.step, "train_loss": history[-1]["loss"] if history else None,
+                "data": {"pieces": summary.pieces, "tokens": summary.tokens, "genres": summary.genres,
+                         "skipped": len(summary.failed)} if summary is not None else {"streamed": True},
+                "config": cfg.to_dict(), "parameters": sum(p.numel() for p in unwrapped.parameters()),
+                "processes": accelerator.num_processes}, indent=2))
+            logger.info("model, tokenizer and generation config saved to %s", out)
+            if run.push_to_hub:
+                from .hub import push_model_dir
+                url = push_model_dir(out, run.push_to_hub, private=run.hub_private)
+                logger.info("pushed to %s", url)
+    else:
+        logger.info("stopped after step %d of %d (resume with --resume)", state.step, run.max_steps)
+    accelerator.end_training()
+    return {"step": state.step, "final_train_loss": history[-1]["loss"] if history else None, "eval": metrics,
+            "processes": accelerator.num_processes}
+
+
+__all__ = ["DataArguments", "ModelArguments", "RunArguments", "SamplingArguments", "MODEL_SAMPLING", "TrainConfig",
+           "load_pieces", "build_tokenizer", "build_datasets", "train_collator", "EpochSampler", "build_model",
+           "model_inputs", "parameter_groups", "l1_norm", "lr_scheduler", "evaluate", "checkpoints",
+           "train"]

@@ -13,22 +13,24 @@ import os
 import sys
 
 try:
-    from music_hf.corpus import list_collections, prepare_corpus
+    import music_hf  # noqa: F401
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from music_hf.corpus import list_collections, prepare_corpus
+
+from music_hf.corpus import CACHE_ENV, DEFAULT_TIMEOUT, MANIFEST_NAME, list_collections, prepare_corpus
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", default=None,
-                   help="where .mid files + metadata.jsonl go (default: $MUSIC_HF_CACHE/corpus or ~/.cache/music_hf/corpus)")
+                   help=f"where .mid files + {MANIFEST_NAME} go "
+                        f"(default: ${CACHE_ENV}/corpus or ~/.cache/music_hf/corpus)")
     p.add_argument("--collections", default="all",
                    help="comma-separated music21 corpus folders, or 'all' (default)")
     p.add_argument("--max_pieces_per_collection", type=int, default=None,
                    help="keep only the first N pieces (sorted) of each collection")
     p.add_argument("--num_workers", type=int, default=None, help="worker processes (default: CPU count)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per piece")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds allowed per piece")
     p.add_argument("--retry_failed", action="store_true", help="try pieces that failed before again")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     p.add_argument("--max_failures_shown", type=int, default=10)
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         retry_failed=args.retry_failed,
     )
     print(summary.report(max_failures=args.max_failures_shown))
-    print(f"Manifest: {os.path.join(summary.output_dir, 'metadata.jsonl')}")
+    print(f"Manifest: {os.path.join(summary.output_dir, MANIFEST_NAME)}")
     return 0
 
 

@@ -42,10 +42,10 @@ accelerate launch --num_processes "$NUM_PROCESSES" --num_machines 1 --mixed_prec
     scripts/train.py --config "$CONFIG" --output_dir "$OUTPUT_DIR" "$@"
 
 # 3. generation: one piece per genre the model knows, grammar-constrained
-python scripts/generate.py --model "$OUTPUT_DIR/final" --genre all --max_new_tokens 512 --out "$OUTPUT_DIR/samples"
+python scripts/generate.py --model "$OUTPUT_DIR" --genre all --max_new_tokens 512 --out "$OUTPUT_DIR/samples"
 
 echo
-echo "model and tokenizer: $OUTPUT_DIR/final   (AutoModelForCausalLM / AutoTokenizer .from_pretrained)"
+echo "model and tokenizer: $OUTPUT_DIR   (AutoModelForCausalLM / AutoTokenizer .from_pretrained)"
 echo "generated MIDI:      $OUTPUT_DIR/samples/"
 echo "training logs:       $OUTPUT_DIR/logs   (tensorboard --logdir $OUTPUT_DIR/logs)"
-echo "demo:                MODEL_ID=$OUTPUT_DIR/final python space/app.py"
+echo "demo:                MODEL_ID=$OUTPUT_DIR python space/app.py"

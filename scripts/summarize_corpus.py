@@ -20,14 +20,13 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from music_hf import MusicTokenizer
-from music_hf.configuration_music import UNKNOWN_GENRE
-from music_hf.corpus import load_manifest
-from music_hf.data import pieces_from_entries, tokenize_pieces
+from music_hf.corpus import MANIFEST_NAME, load_manifest
+from music_hf.data import genre_names, pieces_from_entries, tokenize_pieces
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus_dir", required=True, help="folder holding metadata.jsonl and the .mid files")
+    p.add_argument("--corpus_dir", required=True, help=f"folder holding {MANIFEST_NAME} and the .mid files")
     p.add_argument("--tokenizer", default=None, help="a saved MusicTokenizer folder (default: a fresh REMI+ one)")
     p.add_argument("--num_proc", type=int, default=None, help="tokenizing processes (default: one)")
     return p.parse_args(argv)
@@ -38,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     datasets.disable_progress_bars()
     corpus = load_manifest(args.corpus_dir)
     if not corpus.entries:
-        print(f"{args.corpus_dir}: no pieces in metadata.jsonl", file=sys.stderr)
+        print(f"{args.corpus_dir}: no pieces in {MANIFEST_NAME}", file=sys.stderr)
         return 1
     tokenizer = MusicTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else MusicTokenizer()
-    genres = [UNKNOWN_GENRE] + sorted({e.genre for e in corpus.entries} - {UNKNOWN_GENRE})
+    genres = genre_names(e.genre for e in corpus.entries)
     splits, summary = tokenize_pieces(pieces_from_entries(corpus.entries), tokenizer, genres, num_proc=args.num_proc)
     lengths = sorted(len(ids) for ds in splits.values() for ids in ds["input_ids"])
     print(f"tokenizer: {tokenizer!r}")

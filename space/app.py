@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """music-hf Studio: generate, continue and compare symbolic music in the browser (a Gradio app).
 
-    python space/app.py                      # the model trained by the README's main job (outputs/small/final)
+    python space/app.py                      # the model trained by the README's main job (outputs/small)
     MODEL_ID=org/name python space/app.py    # a model on the Hub, or MODEL_ID=path/to/folder
 
 The same file is the `app_file` of the Hugging Face Space in this folder. Everything a visitor can do is a
@@ -39,13 +39,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 
 import music_hf  # noqa: E402,F401  (registers the Auto classes)
 from music_hf import MusicFileError  # noqa: E402
-from music_hf.generation import cut_bars, generate_music, prompt_ids  # noqa: E402
+from music_hf.configuration_music import UNKNOWN_GENRE  # noqa: E402
+from music_hf.corpus import MANIFEST_NAME, default_cache_dir  # noqa: E402
+from music_hf.tokenization_music import MIDI_SUFFIXES  # noqa: E402
+from music_hf.generation import cpu_threads_for, cut_bars, generate_music, prompt_ids  # noqa: E402
 from music_hf.render import (GM_PROGRAM_NAMES, audio_available, bar_end_tick, describe_instruments,  # noqa: E402
                              piano_roll, render_audio)
 
 logger = logging.getLogger("music_hf.space")
 
-DEFAULT_MODEL = "outputs/small/final"
+DEFAULT_MODEL = "./outputs/small"  # a training run's output_dir (the "./" keeps it from reading as a Hub repo id)
 TRAIN_COMMAND = ("accelerate launch scripts/train.py --config scripts/configs/small.yaml "
                  "--output_dir outputs/small")
 MAX_NEW_TOKENS = int(os.environ.get("MAX_NEW_TOKENS", 1024))
@@ -54,8 +57,6 @@ MAX_UPLOAD_BYTES = int(float(os.environ.get("MAX_UPLOAD_MB", 2)) * 1024 * 1024)
 QUEUE_SIZE = int(os.environ.get("QUEUE_SIZE", 16))
 MAX_VARIATIONS = 4
 MAX_PROMPT_BARS = 32
-MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".smf")
-UNKNOWN_GENRE = "unknown"
 
 NEW, UPLOAD, EXAMPLE = "new", "upload", "example"
 SOURCE_LABELS = {NEW: "New piece", UPLOAD: "My MIDI file", EXAMPLE: "Corpus example"}
@@ -141,7 +142,7 @@ def load_corpus_pieces(genres: list[str], corpus_dir: str | None = None, per_gen
         return [], f"corpus unavailable ({e})"
     corpus_dir = corpus_dir or os.environ.get("CORPUS_DIR") or default_output_dir()
     try:
-        entries = load_manifest(corpus_dir).entries if Path(corpus_dir, "metadata.jsonl").is_file() else []
+        entries = load_manifest(corpus_dir).entries if Path(corpus_dir, MANIFEST_NAME).is_file() else []
         if not entries and prepare_missing:
             wanted = [g for g in genres if g != UNKNOWN_GENRE]
             collections = [c for c, g in COLLECTION_GENRES.items() if g in wanted] or ["bach", "essenFolksong",
@@ -223,15 +224,13 @@ class Studio:
         self.model, self.tokenizer = load_model(self.model_id)
         config = self.model.config
         self.genres = [config.id2genre[i] for i in sorted(config.id2genre)]
-        self.time_signatures = sorted(
-            (t.split("_", 1)[1] for t in self.tokenizer.get_vocab() if t.startswith("TimeSig_") and "|" not in t),
-            key=lambda ts: (int(ts.split("/")[1]), int(ts.split("/")[0])))
+        self.time_signatures = list(self.tokenizer.time_signatures())
         self.max_context = int(config.max_position_embeddings)
         self.max_new_tokens = max(32, min(MAX_NEW_TOKENS, self.max_context - 16)) \
             if config.position_embedding_type == "learned" else MAX_NEW_TOKENS
         self.output_root = Path(output_dir or Path(tempfile.gettempdir()) / "music_hf_space")
         self.output_root.mkdir(parents=True, exist_ok=True)
-        self.cache_dir = Path(cache_dir or os.environ.get("MUSIC_HF_CACHE") or Path.home() / ".cache" / "music_hf")
+        self.cache_dir = Path(cache_dir or default_cache_dir())
         self.corpus, self.corpus_note = load_corpus_pieces(self.genres, corpus_dir, index_per_genre, prepare_corpus)
         counts: dict[str, int] = {}
         self.examples = []
@@ -380,8 +379,8 @@ class Studio:
             pieces = generate_music(
                 self.model, tokenizer, prompt=start, genre=settings.genre, max_new_tokens=settings.max_new_tokens,
                 constrained=settings.constrained, programs=settings.programs if settings.constrained else None,
-                temperature=settings.temperature, top_k=settings.top_k or None,
-                top_p=settings.top_p if settings.top_p < 1.0 else None, num_return_sequences=settings.variations,
+                temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+                num_return_sequences=settings.variations,
                 seed=settings.seed, max_time=GENERATION_TIMEOUT_S,
                 stopping_criteria=StoppingCriteriaList([progress]))
         elapsed = time.perf_counter() - t0
@@ -585,11 +584,13 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     length = gr.Slider(32, studio.max_new_tokens, value=min(384, studio.max_new_tokens), step=16,
                                        label="Length (new tokens)")
                 with gr.Accordion("Sampling", open=False):
+                    defaults = studio.model.generation_config  # the run's sampling settings (None: off)
                     with gr.Row():
-                        temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature")
-                        top_k = gr.Slider(0, 200, value=0, step=1, label="Top-k (0 = off)")
+                        temperature = gr.Slider(0.1, 2.0, value=defaults.temperature or 1.0, step=0.05,
+                                                label="Temperature")
+                        top_k = gr.Slider(0, 200, value=defaults.top_k or 0, step=1, label="Top-k (0 = off)")
                     with gr.Row():
-                        top_p = gr.Slider(0.1, 1.0, value=0.95, step=0.01, label="Top-p")
+                        top_p = gr.Slider(0.1, 1.0, value=defaults.top_p or 1.0, step=0.01, label="Top-p")
                         seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
                     with gr.Row():
                         variations = gr.Slider(1, MAX_VARIATIONS, value=2, step=1, label="Variations")
@@ -771,6 +772,8 @@ def main() -> None:
         allowed = []
     else:
         logger.info("%s | %s | audio: %s", studio.summary(), studio.corpus_note, studio.audio_note)
+        if studio.model.device.type == "cpu":  # this process's thread count, chosen once for the model's size
+            torch.set_num_threads(cpu_threads_for(studio.model.config.hidden_size, 1, torch.get_num_threads()))
         demo = build_demo(studio)
         threading.Thread(target=studio.warm_up, name="embedding-warm-up", daemon=True).start()
         allowed = [str(studio.output_root)]

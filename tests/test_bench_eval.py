@@ -195,6 +195,14 @@ def number_cells(row: list[str]) -> list[float]:
     return values
 
 
+def assert_measured_facts_only(text: str, machine: dict) -> None:
+    """The report states the machine as measured (cores, torch threads, load) and nothing it cannot know."""
+    assert f"({machine['cores']} cores, torch uses {machine['torch_threads']} threads)" in text
+    assert f"1-min load average at start {machine['load_average_1min']}" in text
+    assert "1-min load average at the end" in text
+    assert "shared" not in text and "noisy" not in text
+
+
 def test_bench_quick_reports_every_figure_with_ratios_from_the_measurements(tmp_path):
     md, js = tmp_path / "bench.md", tmp_path / "bench.json"
     seconds = run_script("scripts/bench.py", "--quick", "--output", str(md), "--json", str(js))
@@ -203,6 +211,7 @@ def test_bench_quick_reports_every_figure_with_ratios_from_the_measurements(tmp_
     for part in ("### Tokenization", "### Training", "### Generation", "### Commands", r["machine"]["cpu"],
                  f"torch {r['machine']['torch']}", f"transformers {r['machine']['transformers']}", "device `cpu`"):
         assert part in text
+    assert_measured_facts_only(text, r["machine"])
 
     tok = r["tokenization"]
     for mode in ("single_process", "datasets_map_2_proc"):
@@ -248,6 +257,7 @@ def test_evaluate_quick_ablation_then_a_given_model(tmp_path):
     text = md.read_text()
     assert section(text, "Speed").strip() == "left alone"
     quality = section(text, "Quality")
+    assert_measured_facts_only(quality, r["machine"])
     for part in ("### Next-token prediction on the test split", "### Generated music", "### Genre control",
                  "### Commands", "python scripts/evaluate.py --ablation --config scripts/configs/ablation.yaml"):
         assert part in quality

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -15,7 +16,7 @@ import symusic
 from music_hf.corpus import (
     COLLECTION_GENRES,
     CorpusEntry,
-    CorpusSummary,
+    DataSummary,
     convert_piece,
     genre_for_collection,
     list_collections,
@@ -71,7 +72,7 @@ def test_genre_table():
 
 def test_all_pieces_converted_with_genre_labels(prepared):
     summary, _ = prepared
-    assert isinstance(summary, CorpusSummary)
+    assert isinstance(summary, DataSummary)
     assert summary.failed == []
     assert len(summary.entries) == N_EACH * len(SUBSET)
     counts = {}
@@ -80,7 +81,8 @@ def test_all_pieces_converted_with_genre_labels(prepared):
         assert e.genre == EXPECTED_GENRES[e.collection], e
         counts[e.collection] = counts.get(e.collection, 0) + 1
     assert counts == {c: N_EACH for c in SUBSET}
-    assert summary.genre_counts() == {g: N_EACH for g in EXPECTED_GENRES.values()}
+    assert summary.genres == {g: N_EACH for g in EXPECTED_GENRES.values()}
+    assert summary.pieces == {c: N_EACH for c in SUBSET}
     text = str(summary)
     assert "chorale" in text and "15 pieces" in text
 
@@ -228,7 +230,7 @@ def test_prepare_survives_bad_files(tmp_path):
     assert all(e.genre == "folk song" for e in summary.entries)
     failed = dict(summary.failed)
     assert set(failed) == {"miscFolk/a_bad.mxl", "miscFolk/b_tunes.abc#1"}
-    assert "2 failed" in summary.report()
+    assert "skipped: 2 file(s)" in summary.report()
     # failures are remembered, not retried, on the next call
     again = prepare_corpus(str(out), corpus_dir=str(corpus), num_workers=1, progress=False)
     assert again.converted == 0 and len(again.failed) == 2
@@ -238,16 +240,16 @@ def test_prepare_survives_bad_files(tmp_path):
 @pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="patch must reach forked workers")
 def test_crashing_worker_is_a_failure(tmp_path, monkeypatch):
     """A worker that dies (segfault, hang killed by the watchdog) fails only its own piece."""
-    import music_hf.corpus as corpus_mod
+    import music_hf.corpus.convert as convert_mod
 
-    original = corpus_mod._convert_music21
+    original = convert_mod._convert_music21
 
     def crash_on_one(task):
         if task.rel_file.endswith("bwv10.7.mxl"):
             os._exit(3)
         return original(task)
 
-    monkeypatch.setattr(corpus_mod, "_convert_music21", crash_on_one)
+    monkeypatch.setattr(convert_mod, "_convert_music21", crash_on_one)
     summary = prepare_corpus(
         str(tmp_path), collections=["bach"], max_pieces_per_collection=3, num_workers=2, progress=False
     )
@@ -277,6 +279,7 @@ def midi_folder(tmp_path):
     _write_midi(root / "jazz" / "deep" / "b.midi", 62)
     _write_midi(root / "rock" / "c.MID", 64)
     _write_midi(root / "top.mid", 65)
+    _write_midi(root / "rock" / "song.kar", 67)  # karaoke MIDI: the tokenizer reads it, so the folder lists it
     (root / "notes.txt").write_text("not midi")
     return root
 
@@ -288,6 +291,7 @@ def test_read_midi_folder_uses_subfolders(midi_folder):
         "jazz/a.mid": ("jazz", "jazz"),
         "jazz/deep/b.midi": ("jazz", "jazz"),
         "rock/c.MID": ("rock", "rock"),
+        "rock/song.kar": ("rock", "rock"),
         "top.mid": ("misc", "midis"),
     }
     assert all(os.path.isfile(e.path) for e in entries)
@@ -302,7 +306,8 @@ def test_read_midi_folder_with_csv_labels(midi_folder, tmp_path):
         w.writerow(["c.MID", "punk"])  # file name only
         w.writerow(["top.mid", "ambient"])
     got = {e.source: e.genre for e in read_midi_folder(str(midi_folder), labels=str(labels))}
-    assert got == {"jazz/a.mid": "bebop", "jazz/deep/b.midi": "unknown", "rock/c.MID": "punk", "top.mid": "ambient"}
+    assert got == {"jazz/a.mid": "bebop", "jazz/deep/b.midi": "unknown", "rock/c.MID": "punk",
+                   "rock/song.kar": "unknown", "top.mid": "ambient"}
     alt = tmp_path / "alt.csv"
     alt.write_text("file,genre\njazz/deep/b.midi,cool\n")
     got = {e.source: e.genre for e in read_midi_folder(str(midi_folder), labels=str(alt), default_genre="x")}
@@ -313,11 +318,62 @@ def test_read_midi_folder_with_json_labels(midi_folder, tmp_path):
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({"jazz/deep/b.midi": "swing", "top.mid": "piano", "a.mid": "bop"}))
     got = {e.source: e.genre for e in read_midi_folder(str(midi_folder), labels=str(labels))}
-    assert got == {"jazz/a.mid": "bop", "jazz/deep/b.midi": "swing", "rock/c.MID": "unknown", "top.mid": "piano"}
+    assert got == {"jazz/a.mid": "bop", "jazz/deep/b.midi": "swing", "rock/c.MID": "unknown",
+                   "rock/song.kar": "unknown", "top.mid": "piano"}
+    records = tmp_path / "records.json"
+    records.write_text(json.dumps([{"file": "c.MID", "style": "grunge"}]))
+    got = {e.source: e.genre for e in read_midi_folder(str(midi_folder), labels=str(records))}
+    assert got["rock/c.MID"] == "grunge" and got["top.mid"] == "unknown"
     bad = tmp_path / "labels.yaml"
     bad.write_text("a: b")
     with pytest.raises(ValueError):
         read_midi_folder(str(midi_folder), labels=str(bad))
+
+
+def test_read_midi_folder_with_jsonl_labels_and_text_cells(midi_folder, tmp_path):
+    """Labels files read through `datasets`: JSON lines, and CSV cells kept as text ("007" is not 7)."""
+    _write_midi(midi_folder / "007.mid", 70)
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text('{"path": "jazz/a.mid", "genre": "bebop"}\n{"Label": "surf", "File": "./rock/c.MID"}\n')
+    got = {e.source: e.genre for e in read_midi_folder(str(midi_folder), labels=str(labels), default_genre="x")}
+    assert got["jazz/a.mid"] == "bebop" and got["rock/c.MID"] == "surf" and got["top.mid"] == "x"
+    csv_labels = tmp_path / "numbers.csv"
+    csv_labels.write_text("\ufeffPath , Genre\n007,1990\ntop.mid,\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="needs a path/file and a genre"):  # the empty genre cell
+        read_midi_folder(str(midi_folder), labels=str(csv_labels))
+    csv_labels = tmp_path / "numbers_fixed.csv"
+    csv_labels.write_text("Path , Genre\n007,1990\n", encoding="utf-8")
+    got = {e.source: e.genre for e in read_midi_folder(str(midi_folder), labels=str(csv_labels))}
+    assert got["007.mid"] == "1990" and got["top.mid"] == "unknown"
+
+
+def test_part_books_merge_into_one_multitrack_piece(tmp_path):
+    """A josquin ABC file holds one piece's voices: one MIDI, a track per named voice, the first voice's meter,
+    tempo and key only (miditok's merge_scores would keep every voice's copy)."""
+    src = os.path.join(music21_corpus_dir(), "josquin", "fortunaDunGranTempo.abc")
+    entries, failed = convert_piece(src, str(tmp_path))
+    assert failed == [] and len(entries) == 1 and entries[0].source == "josquin/fortunaDunGranTempo.abc"
+    score = symusic.Score(entries[0].path)
+    assert [t.name for t in score.tracks] == ["Fortuna dun gran tempo", "Tenor", "Bassus"]
+    assert len(score.time_signatures) == len(score.tempos) == len(score.key_signatures) == 1
+    assert score.key_signatures[0].key == 0  # the first voice's key; the lower voices carry one and two flats
+
+
+def test_data_summary_reports_a_corpus_and_a_tokenization_alike():
+    entry = CorpusEntry("/c/bach/a.mid", "chorale", "bach", "bach/a.mxl")
+    corpus = DataSummary.of_corpus([entry, entry], [("bach/b.mxl", "ValueError: no notes")], "/c",
+                                   converted=1, cached=1)
+    assert corpus.pieces == {"bach": 2} and corpus.genres == {"chorale": 2}
+    text = corpus.report()
+    assert text.startswith("Corpus at /c: 2 pieces (1 converted now, 1 cached")
+    assert "skipped: 1 file(s)" in text and "bach/b.mxl: ValueError: no notes" in text
+    failed = [(f"f{i}.mid", f"f{i}.mid: not MIDI") for i in range(12)]
+    tokenized = DataSummary(pieces={"train": 3, "test": 1}, tokens={"train": 300, "test": 90}, failed=failed)
+    text = str(tokenized)
+    assert text.startswith("4 pieces\n") and "tokens: {'train': 300" in text and "skipped: 12 file(s)" in text
+    assert "f9.mid" in text and "f10.mid" not in text and "... and 2 more" in text
+    for summary in (corpus, tokenized):  # what load_or_tokenize saves as JSON comes back equal
+        assert DataSummary.from_dict(json.loads(json.dumps(dataclasses.asdict(summary)))) == summary
 
 
 @pytest.mark.slow

@@ -16,16 +16,19 @@ from hypothesis import strategies as st
 
 import music_hf.data as data_module
 from music_hf.corpus import prepare_corpus
+from music_hf.corpus import read_midi_folder
 from music_hf.data import (
     AugmentationConfig,
     MusicDataCollator,
     TokenAugmenter,
+    genre_names,
     iterable_windows,
     load_or_tokenize,
     make_windows,
     pieces_from_entries,
     pieces_from_hf_dataset,
     split_of,
+    streaming_windows,
     tokenize_pieces,
     window_starts,
 )
@@ -35,7 +38,7 @@ from music_hf.tokenization_music import MusicTokenizer
 # tests/test_training.py reuses the conversion
 COLLECTIONS = ["bach", "essenFolksong"]
 PIECES_PER_COLLECTION = 8
-GENRES = ["unknown", "chorale", "folk song"]
+GENRES = genre_names(["folk song", "chorale", "unknown"])  # ["unknown", "chorale", "folk song"]
 MAX_LENGTH, OVERLAP = 128, 16
 
 
@@ -341,6 +344,96 @@ def test_streaming_ranks_share_the_windows_without_overlap(all_tokenized, window
     assert got[0] + got[1] == expected
     ids = [ex["idx"] for rows in per_rank for ex in rows]
     assert len(set(ids)) == len(ids)  # each streamed window seeds its own augmentation
+
+
+def test_genre_names_put_unknown_first():
+    assert GENRES == ["unknown", "chorale", "folk song"]
+    assert genre_names([]) == ["unknown"]
+
+
+@pytest.fixture(scope="module")
+def real_midi_folder(real_midi_paths, tmp_path_factory):
+    """The seven real MIDI files, the two chorales in a `chorale` sub-folder (their genre), the others on top."""
+    folder = tmp_path_factory.mktemp("real_midi_folder")
+    for path in real_midi_paths:
+        target = folder / ("chorale" if path.name.startswith("bach") else "") / path.name
+        target.parent.mkdir(exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    return folder
+
+
+def _streamed_by_rank(tokenizer, world_size: int = 2, **kwargs) -> list[list[dict]]:
+    return [list(streaming_windows(tokenizer, GENRES, MAX_LENGTH, OVERLAP, rank=rank, world_size=world_size,
+                                   **kwargs)) for rank in range(world_size)]
+
+
+def _saved(ds: datasets.Dataset, folder: Path) -> str:
+    ds.save_to_disk(str(folder))
+    return str(folder)
+
+
+def _parquet(ds: datasets.Dataset, folder: Path) -> str:
+    folder.mkdir()
+    ds.to_parquet(str(folder / "train.parquet"))
+    return str(folder)
+
+
+@pytest.mark.parametrize("origin", ["midi_dir", "entries", "dataset", "saved", "stream", "parquet"])
+def test_streaming_windows_give_each_rank_its_own_pieces(real_midi_folder, tokenizer, tmp_path, monkeypatch, origin):
+    """Two processes stream disjoint sets of pieces whose union is every piece, cut as make_windows cuts them.
+
+    A parquet file is one shard: two processes then share it by window (datasets' fallback), not by piece.
+    """
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)  # 5 s after each parquet pass
+    entries = read_midi_folder(str(real_midi_folder))
+    assert len(entries) == 7 and {e.genre for e in entries} == {"chorale", "unknown"}
+    tokenized, _ = tokenize_pieces(pieces_from_entries(entries), tokenizer, GENRES, validation_fraction=0.0,
+                                   test_fraction=0.0)
+    expected = make_windows(tokenized["train"], tokenizer, MAX_LENGTH, OVERLAP)
+    hf = datasets.Dataset.from_dict({"midi": [Path(e.path).read_bytes() for e in entries],
+                                     "genre": [e.genre for e in entries], "name": [e.source for e in entries]})
+    kwargs = {
+        "midi_dir": {"midi_dir": real_midi_folder},
+        "entries": {"entries": entries},
+        "dataset": {"dataset": hf, "source_column": "name"},
+        "saved": {"dataset": _saved(hf, tmp_path / "saved"), "source_column": "name"},
+        "parquet": {"dataset": _parquet(hf, tmp_path / "parquet"), "source_column": "name"},
+        "stream": {"dataset": hf.to_iterable_dataset(num_shards=4)},  # sources: digests of the bytes
+    }[origin]
+    per_rank = _streamed_by_rank(tokenizer, split=None, seed=0, **kwargs)
+
+    windows = [Counter((tuple(w["input_ids"]), w["genre_id"]) for w in rows) for rows in per_rank]
+    assert windows[0] and windows[1] and not set(windows[0]) & set(windows[1])
+    assert windows[0] + windows[1] == Counter(zip(map(tuple, expected["input_ids"]), expected["genre_id"]))
+    sources = [{w["source"] for w in rows} for rows in per_rank]
+    assert len(sources[0] | sources[1]) == len(entries)
+    if origin != "stream":
+        assert sources[0] | sources[1] == {e.source for e in entries}
+    if origin != "parquet":
+        assert not sources[0] & sources[1]
+    idx = [w["idx"] for rows in per_rank for w in rows]
+    assert len(set(idx)) == len(idx)
+    assert _streamed_by_rank(tokenizer, split=None, seed=0, **kwargs) == per_rank  # seeded: the same order again
+
+
+def test_streaming_windows_keep_only_their_split_and_reshuffle_by_epoch(real_midi_folder, tokenizer):
+    fractions = dict(validation_fraction=0.3, test_fraction=0.3)
+    sources = {e.source for e in read_midi_folder(str(real_midi_folder))}
+    for seed in range(2):
+        for split in ("train", "test"):
+            per_rank = _streamed_by_rank(tokenizer, midi_dir=real_midi_folder, split=split, seed=seed, **fractions)
+            assert {w["source"] for rows in per_rank for w in rows} == \
+                {s for s in sources if split_of(s, seed, **fractions) == split}
+    stream = streaming_windows(tokenizer, GENRES, MAX_LENGTH, OVERLAP, midi_dir=real_midi_folder, split=None,
+                               buffer_size=8)
+    orders = []
+    for epoch in range(3):
+        stream.set_epoch(epoch)
+        orders.append([w["source"] for w in stream])
+    assert sorted(orders[0]) == sorted(orders[1]) == sorted(orders[2])
+    assert len({tuple(o) for o in orders}) > 1
+    with pytest.raises(ValueError, match="exactly one"):
+        streaming_windows(tokenizer, GENRES, MAX_LENGTH)
 
 
 # ----- augmentation -------------------------------------------------------------------------------------

@@ -164,7 +164,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
          "--output_dir", str(out / "run"), "--log_with", "none", "--max_steps", "10",
          "--push_to_hub", REPO_ID, "--hub_private", "true"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    final = out / "run" / "final"
+    final = out / "run"
     assert (final / "config.json").is_file(), proc.stdout[-2000:] + proc.stderr[-4000:]
     calls = json.loads(record.read_text()) if record.is_file() else None
     return SimpleNamespace(final=final, run=out / "run", proc=proc, calls=calls)
@@ -354,16 +354,18 @@ def test_train_push_to_hub_pushes_the_final_folder(trained: SimpleNamespace) -> 
 
 
 # ----- what is uploaded, case by case ---------------------------------------------------------------------
-def test_missing_code_files_and_auto_map_are_supplied_from_the_package(model_copy: Path) -> None:
+def test_folder_without_the_code_or_auto_map_save_pretrained_writes_is_refused(model_copy: Path,
+                                                                               recorded_hub: RecordedHub) -> None:
     (model_copy / "tokenization_music.py").unlink()
+    with pytest.raises(ModelDirError, match=r"missing tokenization_music\.py \(named in tokenizer_config\.json"):
+        push_model_dir(model_copy, REPO_ID)
     config = json.loads((model_copy / "config.json").read_text())
     del config["auto_map"]
     (model_copy / "config.json").write_text(json.dumps(config))
-    files = {op.path_in_repo: operation_bytes(op) for op in upload_operations(model_copy, REPO_ID)}
-    package_copy = (Path(music_hf.__file__).parent / "tokenization_music.py").read_bytes()
-    assert files["tokenization_music.py"] == package_copy
-    assert json.loads(files["config.json"])["auto_map"]["AutoModelForCausalLM"] == "modeling_music.MusicForCausalLM"
-    assert "auto_map" not in json.loads((model_copy / "config.json").read_text())  # the folder is left as it was
+    with pytest.raises(ModelDirError, match=r"config\.json has no auto_map entry for AutoConfig, "
+                                            r"AutoModelForCausalLM.*save_pretrained.*import music_hf"):
+        upload_operations(model_copy, REPO_ID)
+    assert recorded_hub.calls == []
 
 
 def test_card_without_training_results_has_no_invented_numbers(model_copy: Path) -> None:
@@ -383,6 +385,7 @@ def test_gpt2_baseline_folder_is_published_with_the_tokenizer_code(tmp_path: Pat
     tokenizer.save_pretrained(tmp_path)
     files = {op.path_in_repo: operation_bytes(op) for op in upload_operations(tmp_path, REPO_ID)}
     assert "tokenization_music.py" in files and "auto_map" not in json.loads(files["config.json"])
+    assert "modeling_music.py" not in files  # only the code that save_pretrained wrote: the tokenizer's
     card = ModelCard(files["README.md"].decode())
     assert "GPT2LMHeadModel" in card.text and "genre_ids" not in card.text
 
@@ -399,9 +402,12 @@ def test_missing_token_says_how_to_log_in(monkeypatch: pytest.MonkeyPatch, train
     assert hub.calls == []
 
 
-def test_token_comes_from_argument_then_env_then_saved_login(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_saved")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+def test_token_comes_from_argument_then_env_then_saved_login(monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("hf_saved")  # what `hf auth login` saves
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "token"))
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
     assert resolve_token() == "hf_saved"
     monkeypatch.setenv("HF_TOKEN", "hf_env")
     assert resolve_token() == "hf_env"
@@ -447,8 +453,10 @@ def test_folder_without_weights_or_config_is_refused(model_copy: Path, trained: 
     (model_copy / "config.json").unlink()
     with pytest.raises(ModelDirError, match=r"missing config\.json, model\.safetensors"):
         validate_model_dir(model_copy)
-    with pytest.raises(ModelDirError, match=re.escape(f"did you mean {trained.run / 'final'}")):
-        validate_model_dir(trained.run)  # the training output folder, not its final/
+    run = model_copy.parent / "unfinished_run"
+    (run / "checkpoint-10").mkdir(parents=True)
+    with pytest.raises(ModelDirError, match=r"only checkpoints so far: checkpoint-10"):
+        validate_model_dir(run)  # a run that has not finished: no final model in its output folder yet
     with pytest.raises(ModelDirError, match="no such folder"):
         validate_model_dir(model_copy / "nope")
 

@@ -1,5 +1,6 @@
-"""The Gradio Space and the renderers: handlers as plain functions on real corpus pieces with a tiny random model,
-the app served on localhost and driven by gradio_client, and (marked `browser`) the page in headless Chromium."""
+"""The Gradio Space: handlers as plain functions on real corpus pieces with a tiny random model, the app served on
+localhost and driven by gradio_client, and (marked `browser`) the page in headless Chromium. The renderers are
+tested in tests/test_render.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import wave
 from pathlib import Path
 
 import pytest
@@ -22,13 +22,11 @@ pytest.importorskip("matplotlib")
 import symusic  # noqa: E402
 
 from music_hf.generation import cut_bars  # noqa: E402
-from music_hf.render import (GM_PROGRAM_NAMES, audio_available, bar_end_tick, bar_starts, piano_roll,  # noqa: E402
-                             program_name, render_audio, wav_peak)
+from music_hf.render import audio_available, wav_peak  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "space" / "app.py"
-AUDIO_OK, AUDIO_REASON = audio_available()
-needs_audio = pytest.mark.skipif(not AUDIO_OK, reason=f"no audio: {AUDIO_REASON}")
+AUDIO_OK = audio_available()[0]
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage",
                 "--disable-extensions", "--no-first-run"]
 
@@ -105,59 +103,6 @@ def quick(studio, **overrides):
 
 def programs_of(score: symusic.Score) -> set[int]:
     return {128 if t.is_drum else int(t.program) for t in score.tracks if len(t.notes)}
-
-
-# ----- render --------------------------------------------------------------------------------------------
-
-def test_gm_names_cover_the_128_programs_and_drums():
-    assert len(GM_PROGRAM_NAMES) == 129
-    assert program_name(0) == "Acoustic Grand Piano" and program_name(40) == "Violin"
-    assert program_name(128) == program_name(5, is_drum=True) == "Drums"
-
-
-def test_bar_starts_follow_time_signature_changes():
-    score = symusic.Score(480)
-    score.time_signatures.append(symusic.TimeSignature(0, 3, 4))
-    score.time_signatures.append(symusic.TimeSignature(3 * 480 * 2, 6, 8))
-    track = symusic.Track("piano", 0, False)
-    track.notes.append(symusic.Note(0, 480 * 12, 60, 80))
-    score.tracks.append(track)
-    assert bar_starts(score) == [0, 1440, 2880, 4320, 5760]
-    assert bar_end_tick(score, 2) == 2880 and bar_end_tick(score, 6) == 8640  # past the last note
-
-
-def test_piano_roll_is_a_readable_image_with_the_prompt_marked(chorale_midi, tmp_path):
-    score = symusic.Score(chorale_midi)
-    image = piano_roll(score, prompt_end_tick=bar_end_tick(score, 2), title="bwv66.6")
-    assert image.size == (1000, 400)
-    rgb = image.convert("RGB")
-    # the prompt part is shaded darker than the generated part's background, at mid height
-    prompt_px, later_px = rgb.getpixel((100, 300)), rgb.getpixel((900, 300))
-    assert sum(prompt_px) < sum(later_px)
-    path = piano_roll(symusic.Score(480), path=tmp_path / "empty.png")  # no notes: still an image
-    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_render_audio_without_fluidsynth_returns_none_and_says_why(chorale_midi, monkeypatch):
-    monkeypatch.setenv("PATH", "/nonexistent")
-    ok, reason = audio_available()
-    assert not ok and "fluidsynth" in reason
-    assert render_audio(symusic.Score(chorale_midi)) is None
-
-
-def test_render_audio_with_a_missing_soundfont_returns_none(chorale_midi, monkeypatch):
-    monkeypatch.setenv("MUSIC_HF_SOUNDFONT", "/nonexistent/font.sf2")
-    ok, reason = audio_available()
-    assert not ok and ("font.sf2" in reason or "fluidsynth" in reason)
-    assert render_audio(symusic.Score(chorale_midi)) is None
-
-
-@needs_audio
-def test_render_audio_writes_a_non_silent_wav(chorale_midi, tmp_path):
-    path = render_audio(symusic.Score(chorale_midi), tmp_path / "bwv66.wav", sample_rate=22050)
-    with wave.open(path, "rb") as w:
-        assert w.getframerate() == 22050 and w.getnframes() > 22050 * 5
-    assert wav_peak(path) > 0.5  # normalized, far from silence
 
 
 # ----- handlers as plain functions -----------------------------------------------------------------------

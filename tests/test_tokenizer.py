@@ -26,6 +26,7 @@ from transformers import AddedToken, AutoTokenizer, BatchEncoding
 
 import music_hf  # noqa: F401  (registers the Auto classes)
 from music_hf import EmptyMusicError, MusicConfig, MusicFileError, MusicTokenizer
+from music_hf.generation import MusicGrammarLogitsProcessor, prompt_ids
 from music_hf.tokenization_music import TOKEN_KINDS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -279,6 +280,51 @@ def test_config_from_tokenizer_carries_the_tables(tokenizer):
     assert config.vocab_size == len(tokenizer)
     assert config.token_pitch == tables["pitch"] and config.token_program_set == tables["program_set"]
     config.validate_architecture()
+
+
+def test_token_table_is_built_once_per_vocabulary(real_midi_paths):
+    tok = MusicTokenizer()
+    table = tok.token_table
+    assert tok.token_table is table and len(table) == len(tok)
+    MusicGrammarLogitsProcessor(tok)
+    tok.value_tables()
+    assert tok.token_table is table  # derived tables and the grammar processor reuse it
+    tok.add_special_tokens({"additional_special_tokens": ["<infill>"]})
+    new_id = tok.convert_tokens_to_ids("<infill>")
+    assert tok.token_table is not table and len(tok.token_table) == len(tok) == new_id + 1
+    assert TOKEN_KINDS[tok.token_table.kind[new_id]] == "special" and tok.music_attributes()["pitch"][new_id] == -1
+    tok.train_bpe(vocab_size=600, files=real_midi_paths)
+    assert len(tok.token_table) == len(tok) == 601 and tok.token_table.length.max() > 1
+
+
+def test_value_lookups_match_the_token_names(tokenizer):
+    """nearest_id / token_id / time_signatures / opening_ids give what reading the token strings gives."""
+    vocab = tokenizer.get_vocab()
+    tempos = {float(t.split("_")[1]): i for t, i in vocab.items() if t.startswith("Tempo_")}
+    for bpm in (20, 93.3, 120, 121.7, 300):
+        assert tokenizer.nearest_id("Tempo", bpm) == tempos[min(tempos, key=lambda v: abs(v - bpm))]
+    assert tokenizer.nearest_id("Duration", 1.0) == vocab["Duration_1.0.8"]
+    assert tokenizer.token_id("Bar") == vocab["Bar_None"] and tokenizer.token_id("Position", 0) == vocab["Position_0"]
+    assert tokenizer.token_id("Program", 128) == vocab["Program_-1"]
+    signatures = sorted((t.split("_")[1] for t in vocab if t.startswith("TimeSig_")),
+                        key=lambda ts: (int(ts.split("/")[1]), int(ts.split("/")[0])))
+    assert list(tokenizer.time_signatures()) == signatures
+    assert tokenizer.time_signatures()["6/8"] == vocab["TimeSig_6/8"]
+    opening = ["Bar_None", "TimeSig_3/4", "Position_0", "Tempo_121.29"]
+    assert tokenizer.convert_ids_to_tokens(tokenizer.opening_ids("3/4", 120)) == opening
+    assert prompt_ids(tokenizer, time_signature="3/4", tempo=120) == [tokenizer.bos_token_id] + \
+        tokenizer.convert_tokens_to_ids(opening)
+    assert tokenizer.opening_ids() == []
+    with pytest.raises(ValueError, match="13/16"):
+        tokenizer.opening_ids("13/16")
+    with pytest.raises(KeyError, match="NoteOn"):
+        tokenizer.token_id("NoteOn", 60)
+    tsd = MusicTokenizer(tokenization="TSD")  # no bars: the opening is TimeSig, Tempo
+    assert tsd.convert_ids_to_tokens(tsd.opening_ids("3/4", 120)) == ["TimeSig_3/4", "Tempo_121.29"]
+    structured = MusicTokenizer(tokenization="Structured")  # no tempos nor time signatures at all
+    assert structured.time_signatures() == {}
+    with pytest.raises(ValueError, match="no Tempo"):
+        structured.opening_ids(tempo=120)
 
 
 # ----- BPE -------------------------------------------------------------------------------------------------------

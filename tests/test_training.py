@@ -1,9 +1,10 @@
-"""Tests for music_hf.training and scripts/train.py: config parsing, optimizer groups, and real training runs
-(subprocesses on the tiny config): 2 CPU processes through `accelerate launch`, gradient accumulation,
-stop/resume and SIGKILL/resume equal to an unbroken run, and the final model folder."""
+"""Tests for music_hf.training and `music-hf train` (scripts/train.py): settings parsing, optimizer groups and
+schedule, and real training runs (subprocesses on the tiny config): 2 CPU processes through `accelerate launch`,
+gradient accumulation, stop/resume and SIGKILL/resume equal to an unbroken run, and the model in output_dir."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -18,11 +19,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from transformers import PreTrainedConfig
 
 import music_hf  # noqa: F401  (registers the Auto classes)
+from music_hf.cli import main as cli_main
+from music_hf.cli import parse_train_args
+from music_hf.configuration_music import MusicConfig
 from music_hf.tokenization_music import MusicTokenizer
-from music_hf.training import (EpochSampler, TrainConfig, build_datasets, build_model, config_from_args,
-                               parameter_groups, parse_overrides)
+from music_hf.training import (SET_BY_TOKENIZER, EpochSampler, ModelArguments, TrainConfig, build_datasets,
+                               build_model, lr_scheduler, parameter_groups)
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "scripts" / "train.py"
@@ -30,52 +35,111 @@ TINY = REPO / "scripts" / "configs" / "tiny.yaml"
 RUN_TIMEOUT = 480
 
 
-# ----- config parsing -----------------------------------------------------------------------------------
-def test_parse_overrides_types_values_by_field():
-    values = parse_overrides([
+# ----- settings parsing ---------------------------------------------------------------------------------
+def test_command_line_values_are_typed_by_field():
+    cfg, _ = parse_train_args([
         "--max_steps", "8", "--learning_rate", "3e-3", "--pack", "true", "--use_genre_embedding=false",
         "--corpus_collections", "bach,essenFolksong", "--max_pieces_per_collection", "none",
         "--output_dir=out/run=1", "--hf_genre_column", "null", "--eval_max_batches", "4", "--overlap=0",
+        "--gradient_checkpointing", "1", "--hub_private", "no", "--log_with", "none", "--top_k", "20",
     ])
-    assert values == {
-        "max_steps": 8, "learning_rate": 3e-3, "pack": True, "use_genre_embedding": False,
-        "corpus_collections": ["bach", "essenFolksong"], "max_pieces_per_collection": None,
-        "output_dir": "out/run=1", "hf_genre_column": None, "eval_max_batches": 4, "overlap": 0,
-    }
-    assert type(values["max_steps"]) is int and type(values["learning_rate"]) is float
-    assert parse_overrides(["--gradient_checkpointing", "1", "--hub_private", "no"]) == \
-        {"gradient_checkpointing": True, "hub_private": False}
+    assert (cfg.training.max_steps, cfg.training.learning_rate, cfg.data.pack) == (8, 3e-3, True)
+    assert type(cfg.training.max_steps) is int and type(cfg.training.learning_rate) is float
+    assert cfg.model.settings() == {"use_genre_embedding": False}  # only what was given goes to MusicConfig
+    assert cfg.data.corpus_collections == ["bach", "essenFolksong"]
+    assert cfg.data.max_pieces_per_collection is None and cfg.data.hf_genre_column is None
+    assert (cfg.training.output_dir, cfg.training.eval_max_batches, cfg.data.overlap) == ("out/run=1", 4, 0)
+    assert cfg.training.gradient_checkpointing is True and cfg.training.hub_private is False
+    assert cfg.training.log_with is None and cfg.sampling.top_k == 20
+    assert parse_train_args(["--corpus_collections", "bach", "palestrina"])[0].data.corpus_collections == \
+        ["bach", "palestrina"]
 
 
-def test_parse_overrides_rejects_unknown_and_malformed_options():
-    with pytest.raises(ValueError, match=r"unknown option --max_step\b.*config keys are: .*max_steps"):
-        parse_overrides(["--max_step", "8"])
-    with pytest.raises(ValueError, match="--max_steps needs a value"):
-        parse_overrides(["--max_steps"])
-    with pytest.raises(ValueError, match="expected a boolean"):
-        parse_overrides(["--pack", "maybe"])
-    with pytest.raises(ValueError, match="unexpected argument 'stray'"):
-        parse_overrides(["stray"])
-    with pytest.raises(ValueError):
-        parse_overrides(["--max_steps", "eight"])
+@pytest.mark.parametrize("argv, message", [
+    (["--max_step", "8"], "unrecognized arguments: --max_step 8"),  # no abbreviations
+    (["--max_steps"], "argument --max_steps/--max-steps: expected one argument"),
+    (["--pack", "maybe"], "argument --pack: Truthy value expected: got maybe"),
+    (["stray"], "unrecognized arguments: stray"),
+    (["--max_steps", "eight"], "argument --max_steps/--max-steps: invalid int value: 'eight'"),
+    (["--eval_max_batches", "all"], "invalid int value: 'all'"),  # optional: a number or none
+    (["--architecture", "gpt3"], "argument --architecture: invalid choice: 'gpt3'"),
+])
+def test_unknown_and_malformed_options_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_train_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_yaml_config_with_unknown_key_names_file_and_key(tmp_path):
+def test_yaml_config_with_an_unknown_key_names_the_file_and_the_key(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("max_steps: 5\nlearning_rte: 0.1\n")
     with pytest.raises(ValueError, match=r"bad\.yaml: unknown config key\(s\) \['learning_rte'\]"):
         TrainConfig.from_yaml(bad)
+    with pytest.raises(SystemExit):
+        parse_train_args(["--config", str(bad)])
+    assert "unknown config key(s) ['learning_rte']" in capsys.readouterr().err
+    bad.write_text("model:\n  hidden_size: 8\n  hidden_sze: 8\n")
+    with pytest.raises(ValueError, match=r"unknown model setting\(s\) \['hidden_sze'\] under `model:`; "
+                                         r"MusicConfig settings are: .*hidden_size"):
+        TrainConfig.from_yaml(bad)
+    bad.write_text("hidden_size: 8\n")
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['hidden_size'\] \(model settings go "
+                                         r"under `model:`\)"):
+        TrainConfig.from_yaml(bad)
 
 
 def test_command_line_overrides_win_over_the_yaml_file():
-    args, cfg = config_from_args(["--config", str(TINY), "--max_steps", "3", "--stop_after", "2", "--resume",
-                                  "--hidden_size", "48"])
-    assert (args.stop_after, args.resume) == (2, "latest")
-    assert (cfg.max_steps, cfg.hidden_size) == (3, 48)
-    assert cfg.corpus_collections == ["bach", "essenFolksong"] and cfg.max_length == 128  # from the YAML
-    _, path_cfg = config_from_args(["--config", str(TINY), "--resume", "ckpt/step_4"])
-    assert path_cfg.max_steps == 20
-    assert config_from_args(["--resume", "ckpt/step_4"])[0].resume == "ckpt/step_4"
+    cfg, session = parse_train_args(["--config", str(TINY), "--max_steps", "3", "--stop_after", "2", "--resume",
+                                     "--hidden_size", "48"])
+    assert (session.stop_after, session.resume) == (2, "latest")
+    assert (cfg.training.max_steps, cfg.model.hidden_size) == (3, 48)
+    assert cfg.data.corpus_collections == ["bach", "essenFolksong"] and cfg.data.max_length == 128  # the YAML's
+    assert cfg.model.num_hidden_layers == 2 and cfg.model.norm_type is None  # YAML `model:`; unset
+    _, session = parse_train_args(["--config", str(TINY), "--resume", "ckpt/checkpoint-4"])
+    assert session.resume == "ckpt/checkpoint-4"
+    assert parse_train_args(["--config", str(TINY)])[0] == TrainConfig.from_yaml(TINY)
+    assert TrainConfig.from_dict(TrainConfig.from_yaml(TINY).to_dict()) == TrainConfig.from_yaml(TINY)
+
+
+def test_model_settings_are_musicconfig_fields_passed_to_from_tokenizer(tokenizer):
+    """A MusicConfig field is a model setting (YAML `model:`, command line) without a second edit."""
+    inherited = {f.name for f in dataclasses.fields(PreTrainedConfig)}
+    own = {f.name for f in dataclasses.fields(MusicConfig)} - inherited
+    assert {f.name for f in dataclasses.fields(ModelArguments)} == own - SET_BY_TOKENIZER
+    cfg, _ = parse_train_args(["--config", str(TINY), "--norm_eps", "1e-6", "--rope_theta", "500",
+                               "--max_bars", "64", "--mlp_bias", "false"])
+    config = build_model(cfg, tokenizer, ["unknown", "chorale"]).config
+    assert (config.norm_eps, config.rope_theta, config.max_bars, config.mlp_bias) == (1e-6, 500.0, 64, False)
+    assert config.hidden_size == 32 and config.id2genre == {0: "unknown", 1: "chorale"}
+    # unset settings keep MusicConfig's defaults and from_tokenizer's own choices
+    default = MusicConfig.from_tokenizer(tokenizer)
+    assert (config.num_positions_in_bar, config.norm_type, config.vocab_size) == \
+        (default.num_positions_in_bar, MusicConfig().norm_type, len(tokenizer))
+
+
+def test_help_lists_every_setting_with_its_help(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for section in TrainConfig.argument_types():
+        for f in dataclasses.fields(section):
+            assert f"--{f.name}" in text and " ".join(f.metadata["help"].split()) in text, f.name
+    for option in ("--config", "--stop_after", "--resume"):
+        assert option in text
+    assert '[project.scripts]\nmusic-hf = "music_hf.cli:main"' in (REPO / "pyproject.toml").read_text()
+
+
+def test_schedule_is_transformers_cosine_with_min_lr():
+    optimizer = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=2.0)
+    scheduler = lr_scheduler(optimizer, warmup_steps=4, max_steps=12, min_lr_rate=0.1)
+    lrs = []
+    for _ in range(13):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:5] == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0])  # linear warmup
+    assert lrs[8] == pytest.approx(0.2 + 1.8 * 0.5) and lrs[12] == pytest.approx(0.2)  # cosine down to 10%
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
 
 
 # ----- optimizer groups and sampler ---------------------------------------------------------------------
@@ -86,7 +150,7 @@ def tokenizer():
 
 @pytest.mark.parametrize("norm_type", ["layernorm", "rmsnorm", "batchnorm"])
 def test_parameter_groups_decay_only_linear_and_conv_weights(tokenizer, norm_type):
-    cfg = TrainConfig.from_yaml(TINY, {"conv_kernel_size": 3, "norm_type": norm_type})
+    cfg = TrainConfig.from_yaml(TINY).replace(conv_kernel_size=3, norm_type=norm_type)
     model = build_model(cfg, tokenizer, ["unknown", "chorale"])
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied
     decay, no_decay = parameter_groups(model, 0.1)
@@ -107,7 +171,7 @@ def test_parameter_groups_decay_only_linear_and_conv_weights(tokenizer, norm_typ
 
 
 def test_parameter_groups_for_the_gpt2_baseline(tokenizer):
-    model = build_model(TrainConfig.from_yaml(TINY, {"architecture": "gpt2"}), tokenizer, ["unknown"])
+    model = build_model(TrainConfig.from_yaml(TINY).replace(architecture="gpt2"), tokenizer, ["unknown"])
     decay, no_decay = parameter_groups(model, 0.01)
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[id(p)] for p in decay["params"]} == {
@@ -191,7 +255,7 @@ class Runs:
         return {row["step"]: row["loss"] for row in rows}
 
     def weights(self, name: str) -> dict[str, torch.Tensor]:
-        return load_file(self.root / name / "final" / "model.safetensors")
+        return load_file(self.root / name / "model.safetensors")
 
 
 def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float) -> None:
@@ -205,7 +269,7 @@ def runs(tmp_path_factory):
     """The shared corpus (the same folder tests/test_data.py fills) and its Arrow cache, prepared once here so
     runs started together only read them; also the number of training windows."""
     corpus_dir = tmp_path_factory.getbasetemp() / "music_hf_cache" / "corpus"
-    cfg = TrainConfig.from_yaml(TINY, {"corpus_dir": str(corpus_dir)})
+    cfg = TrainConfig.from_yaml(TINY).replace(corpus_dir=str(corpus_dir))
     _, _, _, summary, windows = build_datasets(cfg, progress=False)
     assert not summary.failed
     r = Runs(tmp_path_factory.mktemp("runs"), corpus_dir)
@@ -261,7 +325,7 @@ def trained(runs):
     killed, killed_log = runs.start("killed", *resume)
 
     # kill a run as soon as it has a complete checkpoint, long before its last step
-    marker = runs.root / "killed" / "checkpoints" / "step_4" / "checkpoint_complete"
+    marker = runs.root / "killed" / "checkpoint-4" / "checkpoint_complete"
     deadline = time.time() + RUN_TIMEOUT
     while not marker.exists() and killed.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -269,14 +333,14 @@ def trained(runs):
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait()
     assert killed.returncode == -signal.SIGKILL
-    assert not (runs.root / "killed" / "final").exists()
+    assert not (runs.root / "killed" / "model.safetensors").exists()
     # what a kill in the middle of a save leaves behind must not be resumed from
-    partial = runs.root / "killed" / "checkpoints" / "step_20"
+    partial = runs.root / "killed" / "checkpoint-20"
     partial.mkdir(parents=True, exist_ok=True)
     (partial / "model.safetensors").write_bytes(b"cut short")
 
     out = {name: _finish(*proc_log) for name, proc_log in started.items()}
-    assert out["stopped"]["step"] == 10 and not (runs.root / "stopped" / "final").exists()
+    assert out["stopped"]["step"] == 10 and not (runs.root / "stopped" / "model.safetensors").exists()
     assert out["ddp-stopped"]["step"] == steps_per_epoch + 1
     out |= runs.run_together({
         "ddp-stopped": (("ddp-stopped", *EQUIVALENCE, "--per_device_batch_size", b),
@@ -301,7 +365,7 @@ def test_two_cpu_processes_train_like_one_with_twice_the_batch(runs, trained):
     assert trained["steps_per_epoch"] < 8  # the runs cross an epoch boundary
     ddp, single = trained["ddp"], trained["single"]
     assert ddp["processes"] == 2 and single["processes"] == 1
-    checkpoint = runs.root / "ddp" / "checkpoints" / "step_8"
+    checkpoint = runs.root / "ddp" / "checkpoint-8"
     assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
     losses = runs.losses("ddp")
     assert list(losses) == list(range(1, 9))
@@ -340,33 +404,37 @@ def test_stop_and_resume_equals_an_unbroken_run(runs, trained):
 
 def test_resume_after_sigkill_equals_an_unbroken_run(runs, trained):
     start = trained["killed_from"]
-    assert start in (4, 8, 12, 16), start  # a complete checkpoint, not the cut-short step_20
+    assert start in (4, 8, 12, 16), start  # a complete checkpoint, not the cut-short checkpoint-20
     killed, unbroken = runs.losses("killed"), runs.losses("unbroken")
     # the log is written step by step: the killed run's steps, then the resumed run's from start + 1 (the steps
     # it redoes replace the killed run's rows, and must equal them)
     assert list(killed) == list(range(1, 25))
     _assert_same_losses(killed, unbroken, 1e-6)
     _assert_same_weights(runs.weights("killed"), runs.weights("unbroken"), 1e-6)
-    assert (runs.root / "killed" / "checkpoints" / "step_20" / "checkpoint_complete").is_file()  # saved again
+    assert (runs.root / "killed" / "checkpoint-20" / "checkpoint_complete").is_file()  # saved again
 
 
-def test_final_folder_holds_a_loadable_model_with_metrics(runs, trained):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_output_dir_holds_the_model_tokenizer_generation_config_and_metrics(runs, trained):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    final = runs.root / "unbroken" / "final"
-    for name in ("model.safetensors", "config.json", "tokenizer_config.json", "miditok_config.json",
-                 "training_results.json"):
-        assert (final / name).is_file(), name
-    results = json.loads((final / "training_results.json").read_text())
+    run_dir = runs.root / "unbroken"
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer_config.json",
+                 "miditok_config.json", "training_results.json", "checkpoint-24/checkpoint_complete"):
+        assert (run_dir / name).is_file(), name
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-24"]  # 2 kept
+    sampling = GenerationConfig.from_pretrained(run_dir)  # the run's sampling defaults, read by generation
+    assert (sampling.do_sample, sampling.temperature, sampling.top_k, sampling.top_p) == (True, 1.0, 0, 0.95)
+    results = json.loads((run_dir / "training_results.json").read_text())
     for key in ("loss", "perplexity", "accuracy", "nll_per_note"):
         assert math.isfinite(results["eval"][key]), key
     assert results["eval"]["perplexity"] == pytest.approx(math.exp(results["eval"]["loss"]))
     assert 0 <= results["eval"]["accuracy"] <= 1 and results["eval"]["nll_per_note"] > results["eval"]["loss"]
     assert results["steps"] == 24 and results["processes"] == 1 and results["data"]["skipped"] == 0
+    assert TrainConfig.from_dict(results["config"]).model.hidden_size == 32
     assert results["eval"] == trained["unbroken"]["eval"]
 
-    model = AutoModelForCausalLM.from_pretrained(final)
-    tokenizer = AutoTokenizer.from_pretrained(final)
+    model = AutoModelForCausalLM.from_pretrained(run_dir)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
     assert type(model).__name__ == "MusicForCausalLM" and model.config.hidden_size == 32
     _assert_same_weights({k: v for k, v in model.state_dict().items() if k in runs.weights("unbroken")},
                          runs.weights("unbroken"), 0.0)
@@ -392,3 +460,21 @@ def test_two_process_stop_and_resume_with_dropout_equals_an_unbroken_two_process
     assert first["unbroken"]["processes"] == resumed["stopped"]["processes"] == 2
     _assert_same_losses(runs.losses("ddp-dropout-stopped"), runs.losses("ddp-dropout-unbroken"), 1e-6)
     _assert_same_weights(runs.weights("ddp-dropout-stopped"), runs.weights("ddp-dropout-unbroken"), 1e-6)
+
+
+def test_streaming_with_two_processes_trains_resumes_and_saves(runs):
+    """--streaming: each of 2 processes streams its own pieces (no Arrow cache), evaluates on its
+    validation pieces, stops, resumes from the checkpoint and saves the final model like any run."""
+    args = ("--streaming", "true", "--max_steps", "6", "--save_every", "3", "--eval_every", "3",
+            "--per_device_batch_size", "4", "--shuffle_buffer", "8")
+    first = runs.run_together({"s": (("streaming", *args, "--stop_after", "3"), {"processes": 2})})["s"]
+    assert first["step"] == 3 and first["processes"] == 2
+    done = runs.run_together({"s": (("streaming", *args), {"processes": 2, "resume": True,
+                                                           "attempt": "-resumed"})})["s"]
+    assert done["step"] == 6 and _resumed_step(runs.root / "streaming-resumed.log") == 3
+    assert done["eval"]["tokens"] > 0 and math.isfinite(done["eval"]["loss"])
+    out = runs.root / "streaming"
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
+    assert json.loads((out / "training_results.json").read_text())["data"] == {"streamed": True}
+    losses = runs.losses("streaming")
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6] and all(math.isfinite(v) for v in losses.values())

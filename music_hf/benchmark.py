@@ -1,0 +1,434 @@
+"""Speed of music-hf, each figure next to a reference measured in the same run: tokenization (MusicTokenizer vs
+miditok called directly, one process and `datasets.map` with 2 processes), training throughput, memory and model
+FLOPs utilization (MusicForCausalLM vs transformers' GPT2LMHeadModel of the same shape, on the same batches), and
+generation (new tokens/s with the KV cache vs GPT-2, and the KV cache's speedup over none).
+
+Writes the section "Speed" of BENCHMARKS.md and a JSON file with every measurement.
+
+    python scripts/bench.py                                   # CPU, or CUDA when present
+    python scripts/bench.py --quick --output /tmp/bench.md    # smoke run: tiny sizes
+
+Reference and candidate run interleaved (A, B, A, B ...) after warm-up; each figure is the median of the
+repetitions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from torch import nn
+from transformers.hf_argparser import HfArg
+
+from .configuration_music import UNKNOWN_GENRE
+from .corpus import prepare_corpus
+from .reports import Report
+from .tokenization_music import MusicTokenizer
+from .training import TrainConfig, build_model, model_inputs, parameter_groups
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class BenchArguments:
+    """Which settings to measure with and where the results go."""
+
+    quick: bool = HfArg(default=False, help="smoke run: tiny sizes, 1-2 repetitions, 1 thread")
+    output: str = HfArg(default="BENCHMARKS.md", help="Markdown report (its section 'Speed' is rewritten)")
+    json: str | None = HfArg(default=None, help="all measurements (none: outputs/bench[_quick].json)")
+    device: str = HfArg(default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    threads: int | None = HfArg(default=None, help="torch CPU threads (none: torch's choice; quick: 1)")
+
+
+@dataclass
+class Settings:
+    """What one run measures and how often; `quick()` and `for_cuda()` derive the other presets."""
+
+    collections: tuple[str, ...] = ("bach", "essenFolksong", "ryansMammoth", "trecento")
+    pieces_per_collection: int = 50
+    token_reps: int = 7
+    map_reps: int = 5
+    hidden_size: int = 128  # the shape of scripts/configs/small.yaml (without its conv, which GPT-2 lacks)
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 512
+    context: int = 256
+    batch_size: int = 16
+    train_warmup: int = 2
+    train_reps: int = 7
+    steps_per_rep: int = 2
+    gen_tokens: int = 256
+    gen_batches: tuple[int, ...] = (1, 8)
+    gen_reps: int = 5
+    cache_tokens: int = 1024
+    cache_reps: int = 3
+    matmul_size: int = 2048
+    mixed_precision: str = "no"
+
+    def quick(self) -> Settings:
+        return replace(self, collections=("bach", "essenFolksong"), pieces_per_collection=8, token_reps=2, map_reps=1,
+                       hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, context=64,
+                       batch_size=4, train_warmup=1, train_reps=2, steps_per_rep=1, gen_tokens=16, gen_reps=1,
+                       cache_tokens=48, cache_reps=1, matmul_size=256)
+
+    def for_cuda(self) -> Settings:  # the shape of scripts/configs/gpu.yaml, in bf16
+        return replace(self, hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=2048,
+                       context=1024, batch_size=16, matmul_size=8192, mixed_precision="bf16")
+
+
+# ----- timing ----------------------------------------------------------------------------------------------
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], reps: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds per call of each function, called in turn `reps` times, the order reversed every other round
+    (A B, B A, A B ...) so that neither side always runs first."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for rep in range(reps):
+        for name in (list(fns) if rep % 2 == 0 else list(fns)[::-1]):
+            fn = fns[name]
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+# ----- tokenization ----------------------------------------------------------------------------------------
+def ours_batch(batch: dict[str, list], tokenizer: MusicTokenizer) -> dict[str, list]:
+    return {"input_ids": [tokenizer(p)["input_ids"] for p in batch["path"]]}
+
+
+def miditok_batch(batch: dict[str, list], tokenizer: MusicTokenizer) -> dict[str, list]:
+    return {"input_ids": [tokenizer.miditok.encode(Path(p)).ids for p in batch["path"]]}
+
+
+def bench_tokenization(tokenizer: MusicTokenizer, files: list[str], s: Settings) -> tuple[dict[str, Any], list]:
+    """Files/s and tokens/s of MusicTokenizer and of miditok on the same files, in one process and through
+    `datasets.map(num_proc=2)`. Returns the results and our token ids (the training batches reuse them)."""
+    ours = [tokenizer(p)["input_ids"] for p in files]  # warm-up, and the token counts
+    theirs = [tokenizer.miditok.encode(Path(p)).ids for p in files]
+    counts = {"music_hf": sum(map(len, ours)), "miditok": sum(map(len, theirs))}
+    cpu = torch.device("cpu")
+    # both keep only the ids (keeping miditok's whole TokSequence objects alive costs it extra garbage collection)
+    single = interleaved({"miditok": lambda: [tokenizer.miditok.encode(Path(p)).ids for p in files],
+                          "music_hf": lambda: [tokenizer(p)["input_ids"] for p in files]}, s.token_reps, cpu)
+    ds = datasets.Dataset.from_dict({"path": files})
+
+    def mapped(fn: Callable) -> Callable[[], Any]:
+        return lambda: ds.map(fn, batched=True, batch_size=8, num_proc=2, fn_kwargs={"tokenizer": tokenizer},
+                              remove_columns=["path"], keep_in_memory=True, load_from_cache_file=False)
+    datasets.disable_progress_bars()
+    multi = interleaved({"miditok": mapped(miditok_batch), "music_hf": mapped(ours_batch)}, s.map_reps, cpu)
+    results: dict[str, Any] = {"files": len(files), "tokens": counts}
+    for mode, times in (("single_process", single), ("datasets_map_2_proc", multi)):
+        t = {name: median(v) for name, v in times.items()}
+        results[mode] = {
+            name: {"seconds": t[name], "files_per_s": len(files) / t[name], "tokens_per_s": counts[name] / t[name],
+                   "all_seconds": times[name]} for name in times}
+        results[mode]["overhead_ratio"] = t["music_hf"] / t["miditok"]  # our time per file over miditok's
+    return results, ours
+
+
+# ----- training --------------------------------------------------------------------------------------------
+def model_config(s: Settings, architecture: str, max_positions: int | None = None) -> TrainConfig:
+    return TrainConfig().replace(architecture=architecture, hidden_size=s.hidden_size,
+                                 num_hidden_layers=s.num_hidden_layers, num_attention_heads=s.num_attention_heads,
+                                 intermediate_size=s.intermediate_size,
+                                 max_position_embeddings=max_positions or s.context, conv_kernel_size=0)
+
+
+def make_batches(ids: list[list[int]], s: Settings, n: int, vocab: int) -> list[dict[str, torch.Tensor]]:
+    """`n` full batches of `context` tokens cut from the concatenated pieces (random ids if there are too few)."""
+    stream = torch.tensor([t for piece in ids for t in piece], dtype=torch.long)
+    need = n * s.batch_size * s.context
+    if len(stream) < need:
+        stream = torch.cat([stream, torch.randint(4, vocab, (need - len(stream),))])
+    out = []
+    for x in stream[:need].view(n, s.batch_size, s.context):
+        out.append({"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone(),
+                    "genre_ids": torch.zeros(s.batch_size, dtype=torch.long)})
+    return out
+
+
+def matmul_parameters(model: nn.Module) -> int:
+    """Weights that take part in a matrix multiply for each token: linear layers (GPT-2's Conv1D included) and
+    the LM head; embedding lookups cost no multiplies and are left out."""
+    total, seen = 0, set()
+    for module in model.modules():
+        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+            if id(module.weight) not in seen:
+                seen.add(id(module.weight))
+                total += module.weight.numel()
+    return total
+
+
+def flops_per_token(model: nn.Module, s: Settings) -> float:
+    """Training FLOPs per token: 6 x matmul parameters (forward 2, backward 4) plus attention's 12 x layers x
+    context x width (QK^T and AV, forward and backward; the causal mask's savings not counted), as in PaLM's MFU."""
+    return 6.0 * matmul_parameters(model) + 12.0 * s.num_hidden_layers * s.context * s.hidden_size
+
+
+def training_step_fn(model: nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device,
+                     s: Settings) -> Callable[[], None]:
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=1e-4)
+    state = {"i": 0}
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.mixed_precision == "bf16")
+
+    def step() -> None:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batches[state["i"] % len(batches)].items()}
+        state["i"] += 1
+        with autocast:
+            loss = model(**model_inputs(model, batch)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def matmul_fn(s: Settings, device: torch.device) -> tuple[Callable[[], Any], str]:
+    """A multiply of two square matrices of `matmul_size` (fp32, or bf16 with mixed precision): the peak."""
+    dtype = torch.bfloat16 if s.mixed_precision == "bf16" else torch.float32
+    a = torch.randn(s.matmul_size, s.matmul_size, device=device, dtype=dtype)
+    b = torch.randn(s.matmul_size, s.matmul_size, device=device, dtype=dtype)
+    return (lambda: torch.matmul(a, b)), str(dtype).replace("torch.", "")
+
+
+def bench_training(tokenizer: MusicTokenizer, ids: list[list[int]], s: Settings, device: torch.device
+                   ) -> dict[str, Any]:
+    """Training steps of both models and the matmul peak, interleaved, so MFU divides figures taken alike."""
+    batches = make_batches(ids, s, 4, len(tokenizer))
+    models, steps, results = {}, {}, {}
+    for arch in ("music", "gpt2"):
+        torch.manual_seed(0)
+        models[arch] = build_model(model_config(s, arch), tokenizer, [UNKNOWN_GENRE]).to(device).train()
+        steps[arch] = training_step_fn(models[arch], batches, device, s)
+        for _ in range(s.train_warmup):
+            steps[arch]()
+    matmul, dtype = matmul_fn(s, device)
+    matmul()
+
+    def several(step: Callable[[], None]) -> Callable[[], None]:
+        return lambda: [step() for _ in range(s.steps_per_rep)]
+    times = interleaved({"matmul": matmul, **{arch: several(step) for arch, step in steps.items()}}, s.train_reps,
+                        device)
+    peak_gflops = 2 * s.matmul_size ** 3 / median(times["matmul"]) / 1e9
+    results["matmul"] = {"size": s.matmul_size, "dtype": dtype, "seconds": median(times["matmul"]),
+                         "gflops": peak_gflops, "all_seconds": times["matmul"]}
+    tokens = s.batch_size * s.context * s.steps_per_rep
+    for arch, model in models.items():
+        t = median(times[arch])
+        fpt = flops_per_token(model, s)
+        achieved = tokens / t * fpt / 1e9
+        results[arch] = {"parameters": sum(p.numel() for p in model.parameters()),
+                         "matmul_parameters": matmul_parameters(model), "step_seconds": t / s.steps_per_rep,
+                         "tokens_per_s": tokens / t, "gflop_per_token": fpt / 1e9, "achieved_gflops": achieved,
+                         "mfu": achieved / peak_gflops, "all_seconds": times[arch]}
+        results[arch]["memory"] = memory_in_subprocess(arch, s, device)
+    results["throughput_ratio"] = results["music"]["tokens_per_s"] / results["gpt2"]["tokens_per_s"]
+    results["memory_ratio"] = results["music"]["memory"]["peak_bytes"] / results["gpt2"]["memory"]["peak_bytes"]
+    return results
+
+
+def memory_in_subprocess(arch: str, s: Settings, device: torch.device) -> dict[str, Any]:
+    """Peak training memory of one model, measured in a fresh process (see `memory_worker`)."""
+    cmd = [sys.executable, "-m", __name__, json.dumps({"arch": arch, "settings": asdict(s), "device": str(device),
+                                                       "threads": torch.get_num_threads()})]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory worker for {arch} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def current_rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Build one model, then train it a few steps: on CUDA, the peak allocated memory above what was allocated
+    before the first step; on CPU, the peak resident set size (getrusage maxrss) above the RSS before the first
+    step (torch's allocations bypass tracemalloc). Covers activations, gradients and optimizer state."""
+    s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["settings"].items()})
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    tokenizer = MusicTokenizer()
+    torch.manual_seed(0)
+    model = build_model(model_config(s, spec["arch"]), tokenizer, [UNKNOWN_GENRE]).to(device).train()
+    batches = make_batches([], s, 2, len(tokenizer))  # memory does not depend on the ids: random ones do
+    step = training_step_fn(model, batches, device, s)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize(device)
+        return {"method": "torch.cuda.max_memory_allocated", "peak_bytes": torch.cuda.max_memory_allocated(device)
+                - before}
+    before = current_rss()
+    try:  # reset the process's peak RSS (Linux), so imports and model building do not mask the steps' peak
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    for _ in range(3):
+        step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    return {"method": "peak RSS (reset before the first step) minus RSS before it",
+            "peak_bytes": max(0, peak - before), "rss_before_bytes": before}
+
+
+# ----- generation ------------------------------------------------------------------------------------------
+def bench_generation(tokenizer: MusicTokenizer, s: Settings, device: torch.device) -> dict[str, Any]:
+    """Greedy generation of a fixed number of new tokens (min_new_tokens = max_new_tokens) from a BOS prompt."""
+    positions = max(s.cache_tokens, s.gen_tokens) + 64
+    models = {}
+    for arch in ("music", "gpt2"):
+        torch.manual_seed(0)
+        models[arch] = build_model(model_config(s, arch, positions), tokenizer, [UNKNOWN_GENRE]).to(device).eval()
+
+    def gen(model: nn.Module, batch: int, new: int, use_cache: bool) -> Callable[[], None]:
+        prompt = torch.full((batch, 1), tokenizer.bos_token_id, device=device)
+
+        def run() -> None:
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                        enabled=s.mixed_precision == "bf16"):
+                out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
+                                     min_new_tokens=new, do_sample=False, use_cache=use_cache,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            if out.shape[1] != new + 1:
+                raise RuntimeError(f"generated {out.shape[1] - 1} tokens, expected {new}")
+        return run
+
+    results: dict[str, Any] = {"new_tokens": s.gen_tokens, "batch": {}}
+    for batch in s.gen_batches:
+        fns = {arch: gen(m, batch, s.gen_tokens, True) for arch, m in models.items()}
+        for model in models.values():
+            gen(model, batch, 4, True)()  # warm-up
+        times = interleaved(fns, s.gen_reps, device)
+        row = {arch: {"seconds": median(t), "tokens_per_s": batch * s.gen_tokens / median(t), "all_seconds": t}
+               for arch, t in times.items()}
+        row["ratio"] = row["music"]["tokens_per_s"] / row["gpt2"]["tokens_per_s"]
+        results["batch"][str(batch)] = row
+    fns = {f"{arch}_{mode}": gen(m, 1, s.cache_tokens, mode == "cache") for arch, m in models.items()
+           for mode in ("cache", "no_cache")}
+    times = interleaved(fns, s.cache_reps, device)
+    results["cache"] = {"new_tokens": s.cache_tokens}
+    for arch in models:
+        with_cache, without = median(times[f"{arch}_cache"]), median(times[f"{arch}_no_cache"])
+        results["cache"][arch] = {"cache_seconds": with_cache, "no_cache_seconds": without,
+                                  "speedup": without / with_cache, "all_seconds": {
+                                      "cache": times[f"{arch}_cache"], "no_cache": times[f"{arch}_no_cache"]}}
+    return results
+
+
+# ----- report ----------------------------------------------------------------------------------------------
+def speed_section(report: Report, r: dict[str, Any]) -> None:
+    """The tables of the section "Speed", each with the settings it was measured with."""
+    s, tok, tr, gen = r["settings"], r["tokenization"], r["training"], r["generation"]
+    mm = tr["matmul"]
+    report.heading(f"Tokenization ({tok['files']} corpus MIDI files: {', '.join(s['collections'])}, "
+                   f"{s['pieces_per_collection']} pieces each)")
+    report.text("`tokenizer(path)['input_ids']` (MusicTokenizer: file checks, miditok, a transformers "
+                "`BatchEncoding`) against `tokenizer.miditok.encode(path).ids`; median of "
+                f"{s['token_reps']} passes in one process, {s['map_reps']} through `datasets.map(batched=True, "
+                "num_proc=2)` (process start-up included). Time vs miditok: our time over miditok's.")
+    rows = []
+    for mode, label in (("single_process", "1 process"), ("datasets_map_2_proc", "datasets.map, num_proc=2")):
+        for name in ("miditok", "music_hf"):
+            m = tok[mode][name]
+            rows.append(["MusicTokenizer" if name == "music_hf" else "miditok directly", label, m["files_per_s"],
+                         m["tokens_per_s"], tok[mode]["overhead_ratio"] if name == "music_hf" else 1.0])
+    report.table(["tokenizer", "how", "files/s", "tokens/s", "time vs miditok"], rows)
+
+    report.heading(f"Training (width {s['hidden_size']}, {s['num_hidden_layers']} layers, "
+                   f"{s['num_attention_heads']} heads, MLP {s['intermediate_size']}, context {s['context']}, "
+                   f"batch {s['batch_size']})")
+    report.text("MusicForCausalLM (all music embeddings on, no conv) against `GPT2LMHeadModel` of the same shape on "
+                "the same batches of corpus tokens, AdamW with gradient clipping, "
+                f"{'bf16 autocast' if s['mixed_precision'] == 'bf16' else 'fp32'}; median of {s['train_reps']} "
+                f"repetitions of {s['steps_per_rep']} steps after {s['train_warmup']} warm-up steps. Peak memory: "
+                f"{tr['music']['memory']['method']}, each model in a fresh process. FLOPs per token: 6 x the "
+                "parameters in matrix multiplies (linear layers and LM head) + 12 x layers x context x width for "
+                f"attention. MFU: achieved FLOP/s over the {mm['dtype']} peak of a {mm['size']} x {mm['size']} "
+                f"matmul measured interleaved with the steps ({mm['gflops']:.1f} GFLOP/s).")
+    rows = [[label, tr[a]["parameters"], tr[a]["tokens_per_s"], tr[a]["step_seconds"] * 1000,
+             tr[a]["memory"]["peak_bytes"] / 2**20, tr[a]["gflop_per_token"] * 1000, tr[a]["achieved_gflops"],
+             tr[a]["mfu"]] for a, label in (("music", "MusicForCausalLM"), ("gpt2", "GPT-2"))]
+    rows.append(["ratio music / GPT-2", tr["music"]["parameters"] / tr["gpt2"]["parameters"], tr["throughput_ratio"],
+                 tr["music"]["step_seconds"] / tr["gpt2"]["step_seconds"], tr["memory_ratio"],
+                 tr["music"]["gflop_per_token"] / tr["gpt2"]["gflop_per_token"],
+                 tr["music"]["achieved_gflops"] / tr["gpt2"]["achieved_gflops"],
+                 tr["music"]["mfu"] / tr["gpt2"]["mfu"]])
+    report.table(["model", "parameters", "tokens/s", "ms/step", "peak memory MiB", "MFLOP/token", "GFLOP/s", "MFU"],
+                 rows)
+
+    report.heading(f"Generation (same shape, greedy, exactly {gen['new_tokens']} new tokens from a BOS prompt)")
+    report.text(f"New tokens per second with the KV cache, median of {s['gen_reps']} runs after a warm-up.")
+    report.table(["batch", "MusicForCausalLM tokens/s", "GPT-2 tokens/s", "ratio music / GPT-2"],
+                 [[batch, row["music"]["tokens_per_s"], row["gpt2"]["tokens_per_s"], row["ratio"]]
+                  for batch, row in gen["batch"].items()])
+    report.text(f"KV cache against no cache, batch 1, {gen['cache']['new_tokens']} new tokens (median of "
+                f"{s['cache_reps']}):")
+    report.table(["model", "with cache s", "without cache s", "speedup"],
+                 [[label, gen["cache"][a]["cache_seconds"], gen["cache"][a]["no_cache_seconds"],
+                   gen["cache"][a]["speedup"]] for a, label in (("music", "MusicForCausalLM"), ("gpt2", "GPT-2"))])
+    report.heading("Commands")
+    report.bullets([
+        "CPU: `python scripts/bench.py` (`--threads N` sets torch's CPU threads)",
+        "GPU: `python scripts/bench.py --device cuda` (CUDA is the default when present) measures the shape of "
+        "`scripts/configs/gpu.yaml` (width 512, 8 layers, context 1024) in bf16",
+        "smoke run: `python scripts/bench.py --quick --output /tmp/bench.md`"])
+
+
+# ----- the run ---------------------------------------------------------------------------------------------
+def run(args: BenchArguments, command: str) -> dict[str, Any]:
+    """Measure everything; write the report section and the JSON file."""
+    device = torch.device(args.device)
+    report = Report(command, device)
+    s = Settings().for_cuda() if device.type == "cuda" else Settings()
+    s = s.quick() if args.quick else s
+    summary = prepare_corpus(collections=list(s.collections), max_pieces_per_collection=s.pieces_per_collection,
+                             progress=False)
+    tokenizer = MusicTokenizer()
+    tokenization, ids = bench_tokenization(tokenizer, [e.path for e in summary.entries], s)
+    training = bench_training(tokenizer, ids, s, device)
+    generation = bench_generation(tokenizer, s, device)
+    results = {"command": command, "quick": args.quick, "machine": report.machine, "settings": asdict(s),
+               "tokenization": tokenization, "training": training, "generation": generation,
+               "seconds": report.seconds}
+    json_path = Path(args.json) if args.json else REPO / "outputs" / ("bench_quick.json" if args.quick else
+                                                                       "bench.json")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=2))
+    speed_section(report, results)
+    report.write(args.output, "Speed", "smoke settings, `--quick`: tiny sizes, 1-2 repetitions" if args.quick
+                 else "full settings")
+    print(f"wrote {args.output} (section Speed) and {json_path} in {report.seconds:.0f} s")
+    return results
+
+
+__all__ = ["BenchArguments", "Settings", "run"]
+
+if __name__ == "__main__":  # the memory worker: `python -m music_hf.benchmark SPEC` (see memory_in_subprocess)
+    print(json.dumps(memory_worker(json.loads(sys.argv[1]))))

@@ -1,0 +1,394 @@
+"""Quality of music models on the held-out TEST split of their corpus, an ablation of the music embeddings, and
+the quality of generated music (grammar errors, pitch-class profile and note density per genre, genre control).
+
+Results go to BENCHMARKS.md (section "Quality"), a JSON file, and `evaluation_results.json` in every evaluated
+model folder (next to `training_results.json`).
+
+    python scripts/evaluate.py --model outputs/small                              # one trained model
+    python scripts/evaluate.py --ablation --config scripts/configs/ablation.yaml  # train + compare baselines
+    python scripts/evaluate.py --quick --ablation --output_dir /tmp/q --output /tmp/q.md   # smoke run
+
+`--ablation` trains, with the same data, steps and (roughly) parameter count: the music model, GPT-2 without
+music embeddings, and the music model with each music embedding switched off in turn. A finished run with the
+same configuration in the output folder is reused (`--retrain` trains again). Run settings (`--max_steps`,
+`--hidden_size`, ...) override the configuration; `--output_dir` holds the ablation runs and the JSON results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import AutoModelForCausalLM
+from transformers.hf_argparser import HfArg
+
+from .data import MusicDataCollator
+from .evaluation import (classification_scores, classify_genres, generate_per_genre, grammar_error_rate,
+                         histogram_distance, mean_finite, notes_per_bar, pooled_pitch_class_histogram,
+                         train_genre_classifier)
+from .reports import Report
+from .tokenization_music import MusicTokenizer
+from .training import MODEL_SAMPLING, TrainConfig, build_datasets, build_model, evaluate, train
+
+logger = logging.getLogger("music_hf.evaluate")
+REPO = Path(__file__).resolve().parents[1]
+ABLATION_CONFIG = REPO / "scripts" / "configs" / "ablation.yaml"
+TINY_CONFIG = REPO / "scripts" / "configs" / "tiny.yaml"
+RESULTS_FILE = "evaluation_results.json"
+# --quick: the tiny config on a few more pieces (so both genres have test pieces), a handful of steps
+QUICK_OVERRIDES: dict[str, Any] = {"max_pieces_per_collection": 12, "validation_fraction": 0.1, "test_fraction": 0.2,
+                                   "max_steps": 20, "warmup_steps": 4, "eval_every": 20, "save_every": 20,
+                                   "eval_max_batches": 2, "log_with": None, "pitch_shift": 0, "velocity_jitter": 0}
+# (name, label, setting changes); every variant but the first gets the MLP width that matches its parameter count;
+# the last one differs from the first only by its seed (initialization and data order): how much rows differ by chance
+VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("music", "music model (all embeddings)", {}),
+    ("gpt2", "GPT-2 (no music embeddings)", {"architecture": "gpt2"}),
+    ("no_note", "music model, note embedding off", {"use_note_embedding": False}),
+    ("no_instrument", "music model, instrument embedding off", {"use_instrument_embedding": False}),
+    ("no_temporal", "music model, temporal embedding off", {"use_temporal_embedding": False}),
+    ("no_genre", "music model, genre embedding off", {"use_genre_embedding": False}),
+    ("music_seed1", "music model, another seed (noise reference)", {"seed": 1}),
+)
+TEST_METRICS = (("loss", "NLL/token"), ("perplexity", "perplexity"), ("nll_per_note", "NLL/note"),
+                ("accuracy", "next-token acc."))
+DATA_KEYS = ("corpus_collections", "max_pieces_per_collection", "midi_dir", "hf_dataset", "seed",
+             "validation_fraction", "test_fraction", "max_length", "overlap")
+
+
+@dataclass
+class EvaluationArguments:
+    """What to evaluate and where the results go."""
+
+    _argument_group_name = "evaluation"
+
+    model: str | None = HfArg(default=None, help="a trained model folder (a run's output_dir)")
+    ablation: bool = HfArg(default=False, help="train and compare GPT-2 and single-embedding-off variants")
+    quick: bool = HfArg(default=False, help="smoke settings: tiny config, few steps and generations, 1 thread")
+    output: str = HfArg(default="BENCHMARKS.md", help="Markdown report (its section 'Quality' is rewritten)")
+    json: str | None = HfArg(default=None, help="JSON results (none: <output_dir>/evaluation.json)")
+    retrain: bool = HfArg(default=False, help="train ablation variants even if a finished run exists")
+    generations: int | None = HfArg(default=None, help="pieces per genre and mode (default 16, quick 2)")
+    max_new_tokens: int | None = HfArg(default=None, help="default: the model's context - 1 (quick 48)")
+    classifier_steps: int | None = HfArg(default=None, help="genre classifier steps (default 400, quick 20)")
+    generation_seed: int = HfArg(default=0, help="seed of the generations and the genre classifier")
+    no_generation: bool = HfArg(default=False, help="only the test-split metrics")
+    device: str = HfArg(default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    threads: int | None = HfArg(default=None, help="torch CPU threads (none: torch's choice; quick: 1)")
+
+
+def settings_defaults(namespace: argparse.Namespace) -> dict[str, Any]:
+    """Run settings before the command line's: `--config`, else ablation.yaml (tiny.yaml with --quick) for
+    --ablation, else the given model's training settings (so its test split stays held out)."""
+    if not namespace.model and not namespace.ablation:
+        raise ValueError("give --model DIR, --ablation, or both")
+    if namespace.model and not (Path(namespace.model) / "config.json").is_file():
+        raise ValueError(f"{namespace.model}: not a model folder (no config.json)")
+    config = namespace.config or (TINY_CONFIG if namespace.quick and namespace.ablation else
+                                  ABLATION_CONFIG if namespace.ablation else None)
+    trained = Path(namespace.model) / "training_results.json" if namespace.model else None
+    from_model = config is None and trained is not None and trained.is_file()
+    if config is not None:
+        cfg = TrainConfig.from_yaml(config)
+    elif from_model:
+        cfg = TrainConfig.from_dict(json.loads(trained.read_text()).get("config") or {}, str(trained))
+    else:
+        logger.warning("%s has no training_results.json: the data settings are the defaults", namespace.model)
+        cfg = TrainConfig()
+    if namespace.quick and not from_model:
+        cfg = cfg.replace(**QUICK_OVERRIDES)
+    values = cfg.flat() | {"output_dir": str(REPO / "outputs" / ("evaluation_quick" if namespace.quick
+                                                                  else "evaluation"))}
+    return values if namespace.ablation else values | MODEL_SAMPLING  # a given model samples as it was saved to
+
+
+# ----- models ----------------------------------------------------------------------------------------------
+def count_parameters(cfg: TrainConfig, tokenizer: MusicTokenizer, genres: list[str]) -> int:
+    return sum(p.numel() for p in build_model(cfg, tokenizer, genres).parameters())
+
+
+def mlp_size(config: Any) -> int:
+    """The MLP width of a music or GPT-2 config."""
+    return getattr(config, "intermediate_size", None) or config.n_inner
+
+
+def match_parameters(cfg: TrainConfig, tokenizer: MusicTokenizer, genres: list[str], target: int) -> TrainConfig:
+    """`cfg` with the MLP width (intermediate_size) whose parameter count comes closest to `target`: a variant
+    without music embedding tables gets their parameters back as MLP units (the count is linear in the width)."""
+    model = build_model(cfg, tokenizer, genres)
+    width = mlp_size(model.config)
+    base = sum(p.numel() for p in model.parameters())
+    per_unit = count_parameters(cfg.replace(intermediate_size=width + 1), tokenizer, genres) - base
+    return cfg.replace(intermediate_size=max(1, width + round((target - base) / per_unit)))
+
+
+def train_variant(cfg: TrainConfig, retrain: bool) -> tuple[Path, float | None, bool]:
+    """Train one ablation variant, or reuse a finished run of the same configuration.
+
+    Returns the model folder, the training wall time (seconds) and whether the run was reused.
+    """
+    run_dir = Path(cfg.training.output_dir)
+    done, timing = run_dir / "training_results.json", run_dir / "ablation_run.json"
+    wanted = json.loads(json.dumps(cfg.to_dict()))
+    if not retrain and done.is_file() and json.loads(done.read_text()).get("config") == wanted:
+        seconds = json.loads(timing.read_text()).get("train_seconds") if timing.is_file() else None
+        logger.info("reusing %s (same configuration; --retrain trains again)", run_dir)
+        return run_dir, seconds, True
+    if (run_dir / "train_config.json").is_file():  # an earlier run with other settings: start clean
+        shutil.rmtree(run_dir)
+    start = time.perf_counter()
+    train(cfg)
+    seconds = time.perf_counter() - start
+    if not done.is_file():
+        raise SystemExit(f"{run_dir}: training ended without a final model (see the log above)")
+    timing.write_text(json.dumps({"train_seconds": seconds}))
+    return run_dir, seconds, False
+
+
+def load_model(model_dir: Path, device: str) -> tuple[Any, MusicTokenizer]:
+    tokenizer = MusicTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device).eval()
+    return model, tokenizer
+
+
+def held_out_metrics(model: Any, tokenizer: MusicTokenizer, windows: Any, batch_size: int) -> dict[str, float]:
+    """NLL per token, perplexity, NLL per note and next-token accuracy over every test window."""
+    loader = DataLoader(windows, batch_size=batch_size, collate_fn=MusicDataCollator(tokenizer.pad_token_id))
+    return evaluate(model, loader, tokenizer.music_attributes()["note_count"])
+
+
+# ----- generation quality ----------------------------------------------------------------------------------
+def generation_quality(model: Any, tokenizer: MusicTokenizer, genres: list[str], pieces: Any, windows: Any,
+                       settings: dict[str, Any], max_length: int, device: str) -> dict[str, Any]:
+    """Generate per genre with and without grammar-constrained decoding, and compare with the test split."""
+    model_genres = [g for i, g in sorted(model.config.id2genre.items()) if i != 0 and g in genres]
+    seed, sampling = settings["seed"], settings["sampling"]
+    t0 = time.perf_counter()
+    generated = {mode: generate_per_genre(model, tokenizer, model_genres, settings["per_genre"],
+                                          settings["max_new_tokens"], constrained=(mode == "constrained"), seed=seed,
+                                          **sampling)
+                 for mode in ("constrained", "unconstrained")}
+    generation_seconds = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    classifier = train_genre_classifier(windows["train"], tokenizer, genres, steps=settings["classifier_steps"],
+                                        seed=seed, device=device, max_length=max_length)
+    classifier_seconds = time.perf_counter() - t0
+    test_windows = windows["test"].filter(lambda g: g > 0, input_columns="genre_id")
+    real = classification_scores(classify_genres(classifier, test_windows["input_ids"], tokenizer.pad_token_id),
+                                 test_windows["genre_id"])
+    recognised = {}
+    for mode, by_genre in generated.items():
+        seqs = [s for g in model_genres for s in by_genre[g]]
+        true = [genres.index(g) for g in model_genres for _ in by_genre[g]]
+        recognised[mode] = classification_scores(classify_genres(classifier, seqs, tokenizer.pad_token_id), true)
+
+    def of_genre(split: str, genre: str) -> list[list[int]]:
+        gid = genres.index(genre)
+        return [ids for ids, g in zip(pieces[split]["input_ids"], pieces[split]["genre_id"]) if g == gid]
+
+    per_genre = {}
+    for genre in model_genres:
+        gid = genres.index(genre)
+        test, train_pieces = of_genre("test", genre), of_genre("train", genre)
+        gen = generated["constrained"][genre]
+        test_hist = pooled_pitch_class_histogram(test, tokenizer)
+        gen_hist = pooled_pitch_class_histogram(gen, tokenizer)
+        train_hist = pooled_pitch_class_histogram(train_pieces, tokenizer)
+        per_genre[genre] = {
+            "test_pieces": len(test), "generated": len(gen),
+            "generated_tokens": int(sum(len(s) - 1 for s in gen)),
+            "grammar_error_rate": {m: grammar_error_rate(generated[m][genre], tokenizer) for m in generated},
+            "pitch_class_js": histogram_distance(gen_hist, test_hist, "js"),
+            "pitch_class_l1": histogram_distance(gen_hist, test_hist, "l1"),
+            "pitch_class_js_train_vs_test": histogram_distance(train_hist, test_hist, "js"),
+            "notes_per_bar_generated": mean_finite([notes_per_bar(s, tokenizer) for s in gen]),
+            "notes_per_bar_test": mean_finite([notes_per_bar(s, tokenizer) for s in test]),
+            "classifier_recall": {m: recognised[m]["recall"].get(gid, float("nan")) for m in recognised},
+        }
+    all_gen = {m: [s for g in model_genres for s in generated[m][g]] for m in generated}
+    return {
+        "genres": model_genres, "per_genre": per_genre,
+        "grammar_error_rate": {m: grammar_error_rate(all_gen[m], tokenizer) for m in all_gen},
+        "classifier": {"test_windows": real, "generated": recognised, "steps": settings["classifier_steps"]},
+        "settings": {"per_genre": settings["per_genre"], "max_new_tokens": settings["max_new_tokens"], **sampling,
+                     "seed": seed},
+        "seconds": {"generation": generation_seconds, "classifier": classifier_seconds},
+    }
+
+
+# ----- report ----------------------------------------------------------------------------------------------
+def quality_section(report: Report, results: dict[str, Any]) -> None:
+    """The tables of the section "Quality", each with the settings it was measured with."""
+    models, gen, s, sec = results["models"], results.get("generation"), results["settings"], results["seconds"]
+    trained = [m["train_seconds"] for m in models.values() if m.get("train_seconds")]
+    reused = any(m.get("reused") for m in models.values())
+    report.text(f"Wall time: data preparation {sec['data'] / 60:.1f} min (corpus conversion and tokenization, or "
+                "their cache), "
+                + (f"training {sum(trained) / 60:.1f} min ({len(trained)} runs"
+                   + (", timed when an earlier call trained them" if reused else "") + "), " if trained else "")
+                + f"evaluation {sec['evaluation'] / 60:.1f} min.",
+                f"Data: {s['data']}. Test split: {s['test_windows']} windows of at most {s['max_length']} tokens "
+                f"({s['test_tokens']} predicted tokens) from {s['test_pieces']} held-out pieces.")
+    report.heading("Next-token prediction on the test split")
+    report.table(["model", "parameters", "MLP size", *(label for _, label in TEST_METRICS), "train min"],
+                 [[m["label"], m["parameters"], m.get("intermediate_size", "-"),
+                   *(m["test"][k] for k, _ in TEST_METRICS),
+                   f"{m['train_seconds'] / 60:.1f}" if m.get("train_seconds") else "-"] for m in models.values()],
+                 digits=4)
+    if results.get("ablation"):
+        a = results["ablation"]
+        noise = (f" The two seeds of the full music model differ by "
+                 f"{abs(models['music']['test']['loss'] - models['music_seed1']['test']['loss']):.4f} NLL/token."
+                 if "music_seed1" in models else "")
+        report.text(f"All variants: {a['steps']} steps of {a['batch']} windows ({a['tokens_per_step']} tokens at most "
+                    f"per step), seed {a['seed']}, except the noise reference, which differs from the full music "
+                    f"model only by its seed.{noise} Variants without an embedding table get its parameters back as "
+                    "MLP width (column MLP size). NLL in nats; NLL/note: the summed NLL over the notes predicted.")
+    if gen:
+        st, c = gen["settings"], gen["classifier"]
+        report.heading("Generated music")
+        report.text(f"Model: {gen['model']}. {st['per_genre']} unprompted pieces per genre, at most "
+                    f"{st['max_new_tokens']} new tokens, sampling with temperature {st['temperature']}, top-p "
+                    f"{st['top_p']}, top-k {st['top_k']}, seed {st['seed']}; once with grammar-constrained decoding "
+                    "and once without. Grammar errors: share of the generated tokens (up to the first EOS, a "
+                    "trailing unfinished note dropped) that the tokenizer's grammar check rejects. JSD: "
+                    "Jensen-Shannon divergence in bits between pooled 12-bin pitch-class histograms (constrained "
+                    "generations or training pieces against the genre's test pieces). Genre recognised: share of "
+                    "the pieces the genre classifier below assigns to the requested genre.")
+        per = gen["per_genre"].values()
+        rows = [[genre, g["test_pieces"], g["generated"], g["grammar_error_rate"]["constrained"],
+                 g["grammar_error_rate"]["unconstrained"], g["pitch_class_js"], g["pitch_class_js_train_vs_test"],
+                 g["notes_per_bar_generated"], g["notes_per_bar_test"], g["classifier_recall"]["constrained"],
+                 g["classifier_recall"]["unconstrained"]] for genre, g in gen["per_genre"].items()]
+        rows.append(["all genres", sum(g["test_pieces"] for g in per), sum(g["generated"] for g in per),
+                     gen["grammar_error_rate"]["constrained"], gen["grammar_error_rate"]["unconstrained"],
+                     *(mean_finite([g[k] for g in per]) for k in ("pitch_class_js", "pitch_class_js_train_vs_test",
+                                                                  "notes_per_bar_generated", "notes_per_bar_test")),
+                     c["generated"]["constrained"]["accuracy"], c["generated"]["unconstrained"]["accuracy"]])
+        report.table(["genre", "test pieces", "generated", "grammar errors (constrained)",
+                      "grammar errors (unconstrained)", "pitch-class JSD gen vs test", "JSD train vs test",
+                      "notes/bar gen", "notes/bar test", "genre recognised (constrained)",
+                      "genre recognised (unconstrained)"], rows)
+        report.heading("Genre control")
+        report.text(f"Classifier: `MusicForSequenceClassification`, 2 layers of width 64, no genre embedding, "
+                    f"{c['steps']} steps on training windows in genre-balanced batches, reading the first "
+                    f"{s['max_length']} tokens of a piece. Balanced accuracy: mean recall per genre.")
+        report.table(["pieces classified", "n", "accuracy", "balanced accuracy", "chance (1/genres)",
+                      "majority-class rate", "balanced accuracy / chance"],
+                     [[label, r["n"], r["accuracy"], r["balanced_accuracy"], r["uniform_chance"], r["majority_rate"],
+                       r["balanced_accuracy"] / r["uniform_chance"]]
+                      for label, r in (("real test windows", c["test_windows"]),
+                                       ("generated, constrained", c["generated"]["constrained"]))])
+    elif results.get("generation_skipped"):
+        report.text(f"Generated music: not evaluated ({results['generation_skipped']}).")
+    report.heading("Commands")
+    report.bullets([
+        "the ablation: `python scripts/evaluate.py --ablation --config scripts/configs/ablation.yaml` "
+        "(`--threads N` sets torch's CPU threads)",
+        "a trained model: `python scripts/evaluate.py --model outputs/small` (its training settings pick the test "
+        "split)",
+        "a GPU-sized model: `accelerate launch scripts/train.py --config scripts/configs/gpu.yaml`, then "
+        "`python scripts/evaluate.py --model outputs/gpu --generations 32 --max_new_tokens 1024`",
+        "smoke run: `python scripts/evaluate.py --quick --ablation --output_dir /tmp/quick --output /tmp/quick.md`"])
+
+
+# ----- the run ---------------------------------------------------------------------------------------------
+def run(args: EvaluationArguments, cfg: TrainConfig, command: str) -> dict[str, Any]:
+    """Evaluate (and with `--ablation`, first train) the models; write the report, the JSON and each model's
+    `evaluation_results.json`."""
+    report = Report(command, args.device)
+    out_dir = Path(cfg.training.output_dir)
+    json_path = Path(args.json) if args.json else out_dir / "evaluation.json"
+    t0 = time.perf_counter()
+    tokenizer, genres, pieces, summary, windows = build_datasets(cfg, progress=False)
+    data_seconds = time.perf_counter() - t0
+    if "test" not in windows:
+        raise SystemExit("the test split is empty: raise test_fraction or add pieces")
+    models: dict[str, dict[str, Any]] = {}
+
+    ablation = None
+    if args.ablation:
+        full = count_parameters(cfg, tokenizer, genres)
+        for name, label, change in VARIANTS:
+            vcfg = cfg.replace(**change, output_dir=str(out_dir / "ablation" / name))
+            if name != "music":
+                vcfg = match_parameters(vcfg, tokenizer, genres, full)
+            folder, seconds, reused = train_variant(vcfg, args.retrain)
+            models[name] = {"label": label, "dir": str(folder), "train_seconds": seconds, "reused": reused}
+        run_cfg = cfg.training
+        batch = run_cfg.per_device_batch_size * run_cfg.gradient_accumulation_steps
+        ablation = {"steps": run_cfg.max_steps, "batch": batch, "tokens_per_step": batch * cfg.data.max_length,
+                    "seed": run_cfg.seed, "target_parameters": full}
+    if args.model:
+        models["model"] = {"label": f"`{args.model}`", "dir": str(args.model)}
+
+    flat = cfg.flat()
+    data_for: dict[str, tuple] = {}  # windows per tokenizer (a given model may bring its own)
+    gen_name = "model" if args.model else "music"
+    generation, generation_skipped = None, None
+    for name, entry in models.items():
+        model, tok = load_model(Path(entry["dir"]), args.device)
+        key = tok.to_json_summary() + str(tok.vocab_size)
+        if key not in data_for:
+            data_for[key] = (tok, *build_datasets(cfg, tokenizer=tok, progress=False)[1:])
+        tok, genres_m, pieces_m, _, windows_m = data_for[key]
+        entry["parameters"] = sum(p.numel() for p in model.parameters())
+        entry["intermediate_size"] = mlp_size(model.config)
+        entry["test"] = held_out_metrics(model, tok, windows_m["test"], cfg.training.per_device_batch_size)
+        logger.info("%s: test %s", name, {k: round(v, 4) for k, v in entry["test"].items()})
+        per_model: dict[str, Any] = {"split": "test", "test": entry["test"], "parameters": entry["parameters"],
+                                     "data": {k: flat[k] for k in DATA_KEYS}, "command": command,
+                                     "date": report.machine["date"]}
+        if name == gen_name and not args.no_generation:
+            if getattr(model.config, "model_type", "") != "music":
+                generation_skipped = "generation quality needs a music model, which conditions on genres"
+            else:
+                settings = {
+                    "per_genre": args.generations or (2 if args.quick else 16),
+                    "max_new_tokens": args.max_new_tokens or (48 if args.quick else
+                                                              model.config.max_position_embeddings - 1),
+                    "classifier_steps": args.classifier_steps or (20 if args.quick else 400),
+                    "seed": args.generation_seed,
+                    "sampling": {k: getattr(model.generation_config, k, None) if v is None else v
+                                 for k, v in dataclasses.asdict(cfg.sampling).items()}}
+                generation = generation_quality(model, tok, genres_m, pieces_m, windows_m, settings,
+                                                cfg.data.max_length, args.device)
+                generation["model"] = entry["label"]
+                per_model["generation"] = generation
+        (Path(entry["dir"]) / RESULTS_FILE).write_text(json.dumps(per_model, indent=2))
+
+    data = cfg.data
+    results = {
+        "command": command, "machine": report.machine, "models": models, "ablation": ablation,
+        "generation": generation, "generation_skipped": generation_skipped,
+        "settings": {"quick": args.quick, "config": cfg.to_dict(), "max_length": data.max_length,
+                     "data": f"{', '.join(data.corpus_collections)} (music21 corpus, at most "
+                             f"{data.max_pieces_per_collection} pieces each)" if not (data.midi_dir or data.hf_dataset)
+                     else (data.midi_dir or data.hf_dataset),
+                     "test_pieces": summary.pieces.get("test", 0), "test_windows": len(windows["test"]),
+                     "test_tokens": int(next(iter(models.values()))["test"]["tokens"]) if models else 0},
+    }
+    total = report.seconds
+    results["seconds"] = {"total": total, "data": data_seconds,
+                          "evaluation": total - data_seconds - sum(m.get("train_seconds") or 0 for m in models.values()
+                                                                   if not m.get("reused"))}
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=2, default=float))
+    quality_section(report, results)
+    report.write(args.output, "Quality", "smoke settings, `--quick`" if args.quick else "full settings")
+    logger.info("wrote %s (section Quality) and %s in %.0f s", args.output, json_path, report.seconds)
+    return results
+
+
+__all__ = ["EvaluationArguments", "settings_defaults", "match_parameters", "train_variant", "generation_quality",
+           "quality_section", "run"]
