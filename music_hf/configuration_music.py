@@ -13,9 +13,11 @@ from transformers import PreTrainedConfig
 NORM_TYPES = ("layernorm", "rmsnorm", "batchnorm")
 POSITION_TYPES = ("learned", "rotary")
 UNKNOWN_GENRE = "unknown"
-ATTRIBUTE_TABLES = ("kind", "pitch", "program_set", "position_set", "bar_count", "note_count")
-# what an id without music attributes (a special or added token) holds in each table
-NEUTRAL_ATTRIBUTES = {"kind": 0, "pitch": -1, "program_set": -1, "position_set": -1, "bar_count": 0, "note_count": 0}
+ATTRIBUTE_TABLES = ("kind", "pitch", "program_set", "position_set", "bar_count", "note_count", "infill")
+# what an id without music attributes (a special or added token) holds in each table (configs saved without a
+# table load with it neutral)
+NEUTRAL_ATTRIBUTES = {"kind": 0, "pitch": -1, "program_set": -1, "position_set": -1, "bar_count": 0, "note_count": 0,
+                      "infill": 0}
 
 
 @strict(accept_kwargs=True)
@@ -66,6 +68,7 @@ class MusicConfig(PreTrainedConfig):
     token_position_set: list[int] | None = None
     token_bar_count: list[int] | None = None
     token_note_count: list[int] | None = None
+    token_infill: list[int] | None = None  # 0 none, 1 Infill_Bar, 2 Infill_Start, 3 Infill_End
     pad_token_id: int | None = 0
     bos_token_id: int | None = 1
     eos_token_id: int | list[int] | None = 2
@@ -162,7 +165,7 @@ class MusicConfig(PreTrainedConfig):
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             id2genre=dict(id2genre),
-            **{"token_" + name: list(tables[name]) for name in ATTRIBUTE_TABLES},
+            **{"token_" + name: list(tables[name]) for name in ATTRIBUTE_TABLES if name in tables},
             **kwargs,
         )
         if vocab_size != config.vocab_size:  # tokens added to the tokenizer: neutral attributes

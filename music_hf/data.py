@@ -25,7 +25,7 @@ import torch
 
 from .configuration_music import UNKNOWN_GENRE
 from .corpus import DataSummary, read_midi_folder
-from .tokenization_music import MusicFileError, MusicTokenizer
+from .tokenization_music import CONTROL_NAMES, MusicFileError, MusicTokenizer
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
@@ -418,30 +418,93 @@ class TokenAugmenter:
         ids[where] = self.ids["Position"][new]
 
 
+# ----- composition: fill-in-the-middle ---------------------------------------------------------------
+def fim_arrange(ids: Sequence[int], tokenizer: MusicTokenizer, rng: np.random.Generator | None = None,
+                bars: tuple[int, int] | None = None) -> list[int]:
+    """A window's fill-in-the-middle arrangement over its bars: [tokens before the first bar] + prefix bars +
+    [Infill_Bar] * k + suffix bars + [Infill_Start] + the k middle bars + [Infill_End] (+ a final EOS, kept last).
+
+    `bars` (start, end), counted from the window's first bar, end exclusive, sets the middle; else `rng` draws
+    it: k uniform in 1..(bars in the window), then its place. Every token is kept; a window without bars comes back unchanged.
+    """
+    ids = list(ids)
+    infill = tokenizer.infill_ids
+    tail = 1 if ids and ids[-1] == tokenizer.eos_token_id else 0
+    bounds = [*np.flatnonzero(tokenizer.token_table.bar_count[np.asarray(ids[:len(ids) - tail], dtype=np.int64)] > 0),
+              len(ids) - tail]
+    n = len(bounds) - 1
+    if n == 0:
+        return ids
+    if bars is None:
+        k = int(rng.integers(1, n + 1))
+        start = int(rng.integers(0, n - k + 1))
+        bars = (start, start + k)
+    start, end = bars
+    if not 0 <= start < end <= n:
+        raise ValueError(f"bars {bars} must satisfy 0 <= start < end <= {n} (the window's bars)")
+    a, b, c = bounds[start], bounds[end], bounds[n]
+    return (ids[:a] + [infill["bar"]] * (end - start) + ids[b:c] + [infill["start"]] + ids[a:b] + [infill["end"]]
+            + ids[c:])
+
+
 # ----- collator ---------------------------------------------------------------------------------------
 class MusicDataCollator:
     """Pads windows into a batch: input_ids, attention_mask, labels (-100 on padding) and genre_ids.
 
     With an augmenter, each window is augmented with a generator seeded by (seed, epoch, window idx), so a
-    resumed run sees exactly the augmentations an unbroken run would.
+    resumed run sees exactly the augmentations an unbroken run would. With a `tokenizer`, composition training
+    (from a second generator seeded the same way, drawn after augmentation): a control prefix after BOS measured
+    on the window (`measure_controls`; each control dropped with probability `control_dropout`, None: no
+    prefix), a fill-in-the-middle arrangement (`fim_arrange`) with probability `fim_rate`, and genre 0 with
+    probability `genre_dropout`.
     """
 
     def __init__(self, pad_token_id: int, augmenter: TokenAugmenter | None = None, seed: int = 0,
-                 pad_to_multiple_of: int | None = None):
+                 pad_to_multiple_of: int | None = None, tokenizer: MusicTokenizer | None = None,
+                 fim_rate: float = 0.0, control_dropout: float | None = None, genre_dropout: float = 0.0):
         self.pad_token_id = pad_token_id
         self.augmenter = augmenter
         self.seed = seed
         self.epoch = 0
         self.pad_to_multiple_of = pad_to_multiple_of
+        for name, rate in (("fim_rate", fim_rate), ("control_dropout", control_dropout),
+                           ("genre_dropout", genre_dropout)):
+            if rate is not None and not 0 <= rate <= 1:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {rate}")
+        self.composing = bool(fim_rate or genre_dropout) or control_dropout is not None
+        if self.composing and tokenizer is None:
+            raise ValueError("fim_rate, control_dropout and genre_dropout need the tokenizer (tokenizer=...)")
+        if fim_rate:
+            tokenizer.infill_ids  # fails here, naming the problem, for a tokenizer that cannot infill
+        if control_dropout is not None:
+            tokenizer.measure_controls([])  # ... or cannot measure controls
+        self.tokenizer = tokenizer
+        self.fim_rate, self.control_dropout, self.genre_dropout = fim_rate, control_dropout, genre_dropout
+
+    def compose(self, ids: list[int], genre: int, rng: np.random.Generator) -> tuple[list[int], int]:
+        """One window's control prefix, fill-in-the-middle arrangement and genre dropout (draws in a fixed order)."""
+        controls = []
+        if self.control_dropout is not None:
+            measured = self.tokenizer.measure_controls(ids)
+            kept = [rng.random() >= self.control_dropout for _ in CONTROL_NAMES]
+            controls = self.tokenizer.control_ids({n: measured[n] for n, keep in zip(CONTROL_NAMES, kept) if keep})
+        if rng.random() < self.fim_rate:
+            ids = fim_arrange(ids, self.tokenizer, rng)
+        if rng.random() < self.genre_dropout:
+            genre = 0
+        at = 1 if ids and ids[0] == self.tokenizer.bos_token_id else 0
+        return ids[:at] + controls + ids[at:], genre
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        seqs = []
+        seqs, genres = [], []
         for ex in examples:
-            ids = list(ex["input_ids"])
+            ids, genre, idx = list(ex["input_ids"]), int(ex.get("genre_id", 0)), int(ex.get("idx", 0))
             if self.augmenter is not None:
-                rng = np.random.default_rng([self.seed, self.epoch, int(ex.get("idx", 0))])
-                ids = self.augmenter(ids, rng)
+                ids = self.augmenter(ids, np.random.default_rng([self.seed, self.epoch, idx]))
+            if self.composing:
+                ids, genre = self.compose(ids, genre, np.random.default_rng([self.seed, self.epoch, idx, 1]))
             seqs.append(ids)
+            genres.append(genre)
         length = max(len(s) for s in seqs)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -451,10 +514,10 @@ class MusicDataCollator:
             input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
             attention_mask[i, : len(s)] = 1
         labels = input_ids.masked_fill(attention_mask == 0, -100)
-        genre_ids = torch.tensor([int(ex.get("genre_id", 0)) for ex in examples], dtype=torch.long)
+        genre_ids = torch.tensor(genres, dtype=torch.long)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "genre_ids": genre_ids}
 
 
 __all__ = ["DataSummary", "genre_names", "split_of", "tokenize_pieces", "pieces_from_entries", "pieces_from_hf_dataset",
            "load_or_tokenize", "window_starts", "make_windows", "iterable_windows", "streaming_windows",
-           "AugmentationConfig", "TokenAugmenter", "MusicDataCollator"]
+           "AugmentationConfig", "TokenAugmenter", "fim_arrange", "MusicDataCollator"]

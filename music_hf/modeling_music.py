@@ -335,6 +335,18 @@ def carry_forward(values: torch.Tensor, default: int = -1) -> torch.Tensor:
 
 
 NO_VALUE = -2  # a restart with no value of its own: carries "none" (-1) forward instead of the previous piece's
+INFILL_BAR, INFILL_START = 1, 2  # values of the config's token_infill table
+ATTRIBUTE_BUFFERS = ("pitch", "program_set", "position_set", "bar_count", "infill")  # per-id tables kept as buffers
+
+
+def _carry(values: torch.Tensor, restart: torch.Tensor | None, state: torch.Tensor | None,
+           column: int) -> torch.Tensor:
+    """`carry_forward` of one attribute's set values (-1: none): from `state[:, column]`, restarting at `restart`."""
+    if restart is not None:
+        values = torch.where(restart & (values == -1), NO_VALUE, values)
+    if state is None:
+        return carry_forward(values).clamp(min=-1)
+    return carry_forward(torch.cat([state[:, column:column + 1], values], dim=-1)).clamp(min=-1)[:, 1:]
 
 
 class MusicEmbeddings(nn.Module):
@@ -371,7 +383,7 @@ class MusicEmbeddings(nn.Module):
 
     def reset_tables(self) -> None:
         """(Re)build the per-id attribute buffers from the config (after a vocabulary resize too)."""
-        for name in ("pitch", "program_set", "position_set", "bar_count"):
+        for name in ATTRIBUTE_BUFFERS:
             old, new = getattr(self, name + "_table", None), self.table(name)
             self.register_buffer(name + "_table", new if old is None else new.to(old.device), persistent=False)
 
@@ -380,27 +392,42 @@ class MusicEmbeddings(nn.Module):
         """Program in force, position in the bar and bar count at each position of `ids` (B, T): vectorized scans.
 
         `state` (B, 3): the three values before `ids` (from the cache), or None at the start. `restart` (B, T) bool:
-        a new sequence starts there (a packed row), so nothing before it is carried past it.
+        a new sequence starts there (a packed row), so nothing before it is carried past it. An Infill_Start takes
+        the bar count back to the count before the run of Infill_Bar placeholders it closes, the program to the one
+        in force at the run's first placeholder, the position to none: the missing bars after it carry their true
+        values. (The placeholders come in the same forward as their Infill_Start.)
         """
         program_set, position_set = self.program_set_table[ids], self.position_set_table[ids]
-        bar_count = self.bar_count_table[ids]
-        if state is not None:  # the cached values act as a first, already seen token
-            program_set = torch.cat([state[:, :1], program_set], dim=-1)
-            position_set = torch.cat([state[:, 1:2], position_set], dim=-1)
-            if restart is not None:
-                restart = F.pad(restart, (1, 0), value=False)
-        if restart is not None:
-            program_set = torch.where(restart & (program_set == -1), NO_VALUE, program_set)
-            position_set = torch.where(restart & (position_set == -1), NO_VALUE, position_set)
-        program = carry_forward(program_set).clamp(min=-1)
-        position = carry_forward(position_set).clamp(min=-1)
+        bar_count, infill = self.bar_count_table[ids], self.infill_table[ids]
+        first = self._infill_run_starts(infill, restart)
+        at_start, first = first >= 0, first.clamp(min=0)
+        counted = torch.cumsum(bar_count, dim=-1)
+        bar_count = torch.where(at_start, counted.gather(-1, first) - 1 - counted + bar_count, bar_count)
+        position_set = torch.where(at_start, NO_VALUE, position_set)
+        program_then = _carry(program_set, restart, state, 0).gather(-1, first)
+        program_set = torch.where(at_start, torch.where(program_then >= 0, program_then, NO_VALUE), program_set)
+        program, position = _carry(program_set, restart, state, 0), _carry(position_set, restart, state, 1)
         bars = torch.cumsum(bar_count, dim=-1)
         if state is not None:
-            program, position, restart = program[:, 1:], position[:, 1:], restart[:, 1:] if restart is not None else None
             bars = bars + state[:, 2:3]
         if restart is not None:  # bars counted before a restart belong to the previous piece
             bars = bars - carry_forward(torch.where(restart, bars - bar_count, -1), default=0)
         return program, position, bars
+
+    @staticmethod
+    def _infill_run_starts(infill: torch.Tensor, restart: torch.Tensor | None) -> torch.Tensor:
+        """At each Infill_Start, the index of the first placeholder of the last run before it in its sequence; -1
+        elsewhere (and where there is none)."""
+        placeholder = infill == INFILL_BAR
+        follows = F.pad(placeholder[:, :-1], (1, 0), value=False)
+        if restart is not None:
+            follows = follows & ~restart
+        steps = torch.arange(infill.shape[-1], device=infill.device).expand_as(infill)
+        marks = torch.where(placeholder & ~follows, steps, -1)
+        if restart is not None:
+            marks = torch.where(restart & (marks == -1), NO_VALUE, marks)
+        first = carry_forward(marks)
+        return torch.where((infill == INFILL_START) & (first >= 0), first, -1)
 
     def music_attributes(self, ids: torch.Tensor, restart: torch.Tensor | None = None,
                          state: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -487,7 +514,7 @@ class MusicPreTrainedModel(PreTrainedModel):
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
         elif isinstance(module, MusicEmbeddings):
-            for name in ("pitch", "program_set", "position_set", "bar_count"):
+            for name in ATTRIBUTE_BUFFERS:
                 init.copy_(getattr(module, name + "_table"), module.table(name))
         elif isinstance(module, MusicRotaryEmbedding):
             init.copy_(module.inv_freq, module.compute_inv_freq())

@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ TOKEN_KINDS = (
     "special", "Bar", "Position", "Pitch", "PitchDrum", "Velocity", "Duration",
     "Program", "Tempo", "TimeSig", "Rest", "other",
     "NoteOn", "NoteOff", "DrumOn", "DrumOff", "TimeShift",
+    "InfillBar", "InfillStart", "InfillEnd", "Control",
 )
 KIND_INDEX = {k: i for i, k in enumerate(TOKEN_KINDS)}
 # miditok's single-stream tokenizations whose tokens the table reads (BEAT writes most pitches as intervals, so no
@@ -50,6 +51,32 @@ TIME_VALUE_KINDS = ("Duration", "TimeShift", "Rest")  # values "beats.steps.reso
 # kinds with ordered values, each listed by value in `value_tables` (token-level augmentation moves along them)
 VALUE_KINDS = ("Pitch", "NoteOn", "NoteOff", "Velocity", "Duration", "Tempo", "Position")
 SPECIAL_TOKENS = {"pad_token": "PAD_None", "bos_token": "BOS_None", "eos_token": "EOS_None", "mask_token": "MASK_None"}
+# Composition tokens (miditok special tokens after PAD BOS EOS MASK). Infilling: a placeholder per missing bar, the
+# start of the missing bars (after the suffix), their end.
+INFILL_KINDS = {"Bar": "InfillBar", "Start": "InfillStart", "End": "InfillEnd"}
+COMPOSITION_KINDS = (*INFILL_KINDS.values(), "Control")
+# Controls: a prefix after BOS, in this order. Key_<tonic><maj|min>, Density_<bin of notes per bar>,
+# Polyphony_<mean notes sounding at an onset, 1..6+>, PitchLow_/PitchHigh_<MIDI octave (C4 = 60 -> 4), 0..9>.
+CONTROL_NAMES = ("key", "density", "polyphony", "pitch_range")
+CONTROL_TYPES = ("Key", "Density", "Polyphony", "PitchLow", "PitchHigh")  # token types; pitch_range gives two
+KEY_TONICS = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+KEY_MODES = ("maj", "min")  # a Key token's value: tonic pitch class + 12 * mode index
+DENSITY_EDGES = (0, 2, 4, 6, 8, 12, 16, 24, 32)  # Density_k: notes per bar in [edge k, edge k+1), the last open
+MAX_POLYPHONY = 6
+OCTAVES = range(10)
+COMPOSITION_TOKENS = (
+    *(f"Infill_{name}" for name in INFILL_KINDS),
+    *(f"Key_{tonic}{mode}" for mode in KEY_MODES for tonic in KEY_TONICS),
+    *(f"Density_{k}" for k in range(len(DENSITY_EDGES))),
+    *(f"Polyphony_{k}" for k in range(1, MAX_POLYPHONY + 1)),
+    *(f"{side}_{o}" for side in ("PitchLow", "PitchHigh") for o in OCTAVES),
+)
+# Krumhansl-Kessler key profiles (C major, C minor), correlated with a duration-weighted pitch-class histogram
+KEY_PROFILES = np.array([[6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88],
+                         [6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17]])
+_KEY_VALUE = re.compile(r"^([A-Ga-g])([#b\-]?)\s*(major|minor|maj|min|m)?$", re.IGNORECASE)
+_NATURALS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+_ACCIDENTALS = {"": 0, "#": 1, "b": -1, "-": -1}
 _X_LINE = re.compile(r"^X:", re.MULTILINE)
 _HEADER_FIELD = re.compile(r"^(%%|[A-Za-z]:)")
 BPE_JOINER = "|"  # a learned (BPE) token's string is its base tokens joined by this
@@ -69,7 +96,8 @@ class EmptyMusicError(MusicFileError):
 
 
 def default_miditok_config(**overrides: Any) -> miditok.TokenizerConfig:
-    """REMI+ settings: programs in one stream, tempos and a wide set of time signatures."""
+    """REMI+ settings: programs in one stream, tempos, a wide set of time signatures, and the infill and control
+    tokens (`COMPOSITION_TOKENS`) as special tokens."""
     params: dict[str, Any] = dict(
         use_programs=True,
         one_token_stream_for_programs=True,
@@ -81,7 +109,7 @@ def default_miditok_config(**overrides: Any) -> miditok.TokenizerConfig:
         tempo_range=(40, 250),
         beat_res={(0, 4): 8, (4, 12): 4},
         time_signature_range={8: [3, 5, 6, 7, 9, 12], 4: [1, 2, 3, 4, 5, 6, 7], 2: [1, 2, 3, 4]},
-        special_tokens=["PAD", "BOS", "EOS", "MASK"],
+        special_tokens=["PAD", "BOS", "EOS", "MASK", *COMPOSITION_TOKENS],
     )
     params.update(overrides)
     return miditok.TokenizerConfig(**params)
@@ -234,12 +262,64 @@ def _source_name(x: Any) -> str:
     return "<bytes>" if isinstance(x, (bytes, bytearray, memoryview)) else f"<{type(x).__name__}>"
 
 
+def _carry_forward(values: np.ndarray, default: float) -> np.ndarray:
+    """For each position, the last value other than -1 at or before it (else `default`)."""
+    last = np.maximum.accumulate(np.where(values != -1, np.arange(len(values)), -1)) if len(values) else values
+    return np.where(last >= 0, values[np.maximum(last, 0)], default)
+
+
+def _estimate_key(histogram: np.ndarray) -> str | None:
+    """The key ("F# minor") whose rotated Krumhansl-Kessler profile correlates best with a pitch-class histogram."""
+    profiles = np.stack([np.roll(KEY_PROFILES[mode], tonic) for mode in range(2) for tonic in range(12)])
+    profiles = profiles - profiles.mean(1, keepdims=True)
+    centred = histogram - histogram.mean()
+    if not np.any(centred):
+        return None
+    best = int(np.argmax(profiles @ centred / np.linalg.norm(profiles, axis=1)))
+    return f"{KEY_TONICS[best % 12]} {'major' if best < 12 else 'minor'}"
+
+
+def _number(name: str, value: Any, low: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value) or value < low:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return float(value)
+
+
+def _control_values(name: str, value: Any) -> list[tuple[str, int]]:
+    """(control token type, token value) pairs for one user control value; a bad value raises ValueError."""
+    if name == "key":
+        match = _KEY_VALUE.match(value.strip()) if isinstance(value, str) else None
+        if match is None:
+            raise ValueError(f"key must be a tonic (C, C#, Db, ... B) with an optional mode (major/maj, minor/min/m; "
+                             f"a lower-case tonic alone is minor), like 'D minor', 'Eb major', 'F#m'; got {value!r}")
+        letter, accidental, mode = match.groups()
+        pitch_class = (_NATURALS[letter.upper()] + _ACCIDENTALS[accidental.lower()]) % 12
+        minor = letter.islower() if mode is None else mode.lower() in ("minor", "min", "m")
+        return [("Key", pitch_class + 12 * minor)]
+    if name == "density":
+        density = _number(name, value, 0, "a number of notes per bar >= 0")
+        return [("Density", int(np.searchsorted(DENSITY_EDGES, density, side="right")) - 1)]
+    if name == "polyphony":
+        polyphony = _number(name, value, 1, "a mean number of notes sounding at each onset >= 1")
+        return [("Polyphony", int(min(MAX_POLYPHONY, np.floor(polyphony + 0.5))))]
+    pitches = tuple(value) if isinstance(value, (tuple, list)) else ()
+    if len(pitches) != 2 or not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) and 0 <= p <= 127
+                                    for p in pitches) or pitches[0] > pitches[1]:
+        raise ValueError(f"pitch_range must be (low, high) MIDI pitches, integers 0-127 with low <= high; "
+                         f"got {value!r}")
+    return [(side, min(max(int(p) // 12 - 1, OCTAVES[0]), OCTAVES[-1]))
+            for side, p in zip(("PitchLow", "PitchHigh"), pitches)]
+
+
 @dataclass(frozen=True, eq=False)
 class TokenTable:
     """What each id of a vocabulary means musically: numpy arrays indexed by id, built once per vocabulary.
 
     A BPE id takes its facts from its base tokens; an id without any (a lone BPE word-start marker) is "other",
-    and an added token "special". Values are -1 (NaN for `value`) where an id has none.
+    and an added token "special". Values are -1 (NaN for `value`) where an id has none. An Infill_Bar placeholder
+    counts as a bar (it sets position 0) in a scheme with bars; the other infill tokens and the controls carry no
+    music.
     """
 
     kind: np.ndarray  # TOKEN_KINDS index of the id's first base token
@@ -258,6 +338,7 @@ class TokenTable:
     last_position: np.ndarray
     grammar_position: np.ndarray  # lowest Position allowed after the id (a Bar gives 0, Position_k gives k + 1)
     bar_positions: np.ndarray  # positions per bar in the time signature the id sets
+    control: np.ndarray  # CONTROL_TYPES index of a control token (its value in `value`: key = pitch class + 12 * mode)
     # NoteOn/DrumOn (+1) and NoteOff/DrumOff (-1) events of each id, (vocab, max events per id): the sign, the
     # pitch, the program set earlier in the id (-1: the one in force before it), and for an off the notes of that
     # program and pitch the id itself opened before it (opened minus closed)
@@ -444,19 +525,24 @@ class MusicTokenizer(PreTrainedTokenizer):
         return super()._encode_plus(text, text_pair, **kwargs)
 
     # ----- decoding ------------------------------------------------------------------------------
+    def _music_ids(self, ids: Iterable[int]) -> list[int]:
+        """`ids` less special ids (transformers' and the infill and control tokens) and ids outside the vocabulary."""
+        dropped = np.isin(self.token_table.kind, [KIND_INDEX[k] for k in COMPOSITION_KINDS])
+        dropped[list(self.all_special_ids)] = True
+        return [int(i) for i in ids if 0 <= int(i) < self.vocab_size and not dropped[int(i)]]
+
     def decode_midi(self, ids: Iterable[int] | Any, output_path: str | os.PathLike | None = None) -> symusic.Score:
         """Turn ids into a `symusic.Score` (written to `output_path` if given).
 
-        Special ids, ids outside the vocabulary and ill-placed tokens are dropped; the valid rest decodes.
+        Special ids (infill and control tokens included), ids outside the vocabulary and ill-placed tokens are
+        dropped; the valid rest decodes.
         """
         if hasattr(ids, "tolist"):
             ids = ids.tolist()
         ids = list(ids)
         if ids and isinstance(ids[0], (list, tuple)):
             raise ValueError("decode_midi takes one sequence; call it per row for a batch")
-        ids = [int(i) for i in ids]
-        special = set(self.all_special_ids)
-        clean = [i for i in ids if 0 <= i < self.vocab_size and i not in special]
+        clean = self._music_ids(ids)
         score = self.miditok.decode(clean) if clean else symusic.Score(self.miditok.time_division)
         if output_path is not None:
             score.dump_midi(str(output_path))
@@ -464,8 +550,7 @@ class MusicTokenizer(PreTrainedTokenizer):
 
     def grammar_errors(self, ids: Sequence[int]) -> float:
         """Share of tokens miditok's grammar check rejects (0.0 = every token well placed)."""
-        special = set(self.all_special_ids)
-        clean = [int(i) for i in ids if int(i) not in special]
+        clean = self._music_ids(ids)
         if not clean:
             return 0.0
         seq = miditok.TokSequence(ids=clean, are_ids_encoded=self.miditok.is_trained)
@@ -498,10 +583,17 @@ class MusicTokenizer(PreTrainedTokenizer):
         base_kind = [KIND_INDEX["other"]] * len(mt.vocab)
         base_value = [float("nan")] * len(mt.vocab)
         base_signature = [(-1, -1)] * len(mt.vocab)
+        base_control = [-1] * len(mt.vocab)
         for token, i in mt.vocab.items():
             name, _, raw = token.partition("_")
             if token in special:
                 base_kind[i] = KIND_INDEX["special"]
+                if name == "Infill" and raw in INFILL_KINDS:
+                    base_kind[i] = KIND_INDEX[INFILL_KINDS[raw]]
+                elif name in CONTROL_TYPES and token in COMPOSITION_TOKENS:
+                    base_kind[i], base_control[i] = KIND_INDEX["Control"], CONTROL_TYPES.index(name)
+                    base_value[i] = (KEY_TONICS.index(raw[:-3]) + 12 * KEY_MODES.index(raw[-3:]) if name == "Key"
+                                     else int(raw))
                 continue
             base_kind[i] = KIND_INDEX.get(name, KIND_INDEX["other"])
             if name in PITCHED_KINDS + DRUM_KINDS or name in ("Velocity", "Position"):
@@ -517,6 +609,7 @@ class MusicTokenizer(PreTrainedTokenizer):
                 base_value[i] = mt._time_token_to_ticks(raw, tpb) / tpb
 
         k = KIND_INDEX
+        bar_kinds = {k["Bar"], k["InfillBar"]} if k["Bar"] in base_kind else set()  # placeholders where bars exist
         pitched = {k[n] for n in PITCHED_KINDS}
         starts = {k[n] for n in NOTE_START_KINDS}
         ons, offs = {k["NoteOn"], k["DrumOn"]}, {k[n] for n in NOTE_OFF_KINDS}
@@ -524,7 +617,7 @@ class MusicTokenizer(PreTrainedTokenizer):
         size = len(self)  # ids past the base vocabulary are added tokens: "special", no music
         cols = {name: np.full(size, -1, dtype=np.int64) for name in (
             "numerator", "denominator", "pitch", "program_set", "position_set", "first_position",
-            "last_position", "grammar_position", "bar_positions")}
+            "last_position", "grammar_position", "bar_positions", "control")}
         kind, cols["last_kind"] = (np.full(size, k["special"], dtype=np.int64) for _ in range(2))
         length, note_count, bar_count = (np.zeros(size, dtype=np.int64) for _ in range(3))
         value = np.full(size, np.nan)
@@ -537,13 +630,14 @@ class MusicTokenizer(PreTrainedTokenizer):
                 kind[i] = cols["last_kind"][i] = k["other"]
                 continue
             kind[i], cols["last_kind"][i], value[i] = base_kind[base[0]], base_kind[base[-1]], base_value[base[0]]
+            cols["control"][i] = base_control[base[0]]
             program, opened, bars = -1, {}, 0
             for b in base:
                 bk, v = base_kind[b], base_value[b]
                 if bk in pitched:
                     cols["pitch"][i] = v
                 note_count[i] += bk in starts
-                if bk == k["Bar"]:
+                if bk in bar_kinds:
                     bar_count[i] += 1
                     cols["position_set"][i] = cols["grammar_position"][i] = 0
                 elif bk == k["Position"]:
@@ -639,12 +733,92 @@ class MusicTokenizer(PreTrainedTokenizer):
             out += [self.token_id("Program", prog), off] * n
         return out
 
+    # ----- composition: infilling and controls ------------------------------------------------------
+    def _composition_id(self, kind: str, control: str | None = None, value: int | None = None) -> int:
+        t = self.token_table
+        ids = self.kind_ids(kind)
+        if control is not None:
+            ids = ids[(t.control[ids] == CONTROL_TYPES.index(control)) & (t.value[ids] == value)]
+        if len(ids) == 0:
+            raise ValueError(f"this tokenizer has no {control or kind} token{'' if value is None else f' {value}'}: "
+                             "it was built without the composition tokens (the default miditok_config has them)")
+        return int(ids[0])
+
+    @property
+    def infill_ids(self) -> dict[str, int]:
+        """Ids of the infilling tokens: {"bar": Infill_Bar, "start": Infill_Start, "end": Infill_End}."""
+        if not len(self.kind_ids("Bar")):
+            raise ValueError(f"infilling works over bars, and this {self.tokenization} vocabulary has no Bar tokens")
+        return {name.lower(): self._composition_id(kind) for name, kind in INFILL_KINDS.items()}
+
+    def control_ids(self, controls: Mapping[str, Any]) -> list[int]:
+        """Control-token ids for user values, in CONTROL_NAMES order (absent or None: not set).
+
+        key: "D minor", "Dmin", "Dm", "d" (lower case: minor), "Eb major", "F#"...; density: notes per bar >= 0;
+        polyphony: mean notes sounding at an onset >= 1 (6 or more: 6); pitch_range: (low, high) MIDI pitches.
+        """
+        if not isinstance(controls, Mapping):
+            raise TypeError(f"controls must be a mapping of {', '.join(CONTROL_NAMES)}, not {type(controls).__name__}")
+        for name in controls:
+            if name not in CONTROL_NAMES:
+                hint = " (the tempo is the opening Tempo token: opening_ids(tempo=...))" if name == "tempo" else ""
+                raise ValueError(f"unknown control {name!r}; accepted: {', '.join(CONTROL_NAMES)}{hint}")
+        return [self._composition_id("Control", control, value) for name in CONTROL_NAMES
+                if controls.get(name) is not None for control, value in _control_values(name, controls[name])]
+
+    def measure_controls(self, ids: Iterable[int] | Any) -> dict[str, Any]:
+        """The controls a token sequence (in playing order) has: key ("D minor", Krumhansl-Kessler profiles against
+        the duration-weighted pitch-class histogram), density (notes per bar), polyphony (mean notes sounding at
+        each onset, held notes included), pitch_range (lowest, highest pitch) and tempo (bpm of the first Tempo);
+        None where there is nothing to measure. REMI without BPE."""
+        if self.tokenization != "REMI" or self.miditok.is_trained:
+            raise ValueError(f"measure_controls needs a REMI tokenizer without BPE, not {self.tokenization}"
+                             f"{' with BPE' if self.miditok.is_trained else ''}")
+        t = self.token_table
+        ids = np.asarray(ids.tolist() if hasattr(ids, "tolist") else list(ids), dtype=np.int64).reshape(-1)
+        ids = ids[(ids >= 0) & (ids < len(t))]
+        kind = t.kind[ids]
+        quarters_per_beat = 4 / _carry_forward(t.denominator[ids], 4)  # positions and durations count beats
+        bar_length = _carry_forward(t.numerator[ids], 4) * quarters_per_beat
+        bar = np.cumsum(t.bar_count[ids])
+        bars = int(bar[-1]) if len(bar) else 0
+        last_of_bar = np.searchsorted(bar, np.arange(1, bars + 1), side="right") - 1  # its time signature counts
+        bar_start = np.concatenate([[0.0, 0.0], np.cumsum(bar_length[last_of_bar])[:-1]])[: bars + 1]
+        per_beat = int(self.miditok.config.max_num_pos_per_beat)
+        time = bar_start[bar] + _carry_forward(t.position_set[ids], 0) / per_beat * quarters_per_beat
+        notes = np.flatnonzero(np.isin(kind, [KIND_INDEX[k] for k in NOTE_START_KINDS]))
+        durations = np.flatnonzero(kind == KIND_INDEX["Duration"])
+        nxt = np.searchsorted(durations, notes)  # a note's Duration is the first one after it, before the next note
+        dur_at = durations[np.minimum(nxt, len(durations) - 1)] if len(durations) else notes
+        has = (nxt < len(durations)) & (dur_at < np.append(notes[1:], len(ids)))
+        duration = np.where(has, t.value[ids[dur_at]] * quarters_per_beat[dur_at], 0.0)
+        tempos = ids[kind == KIND_INDEX["Tempo"]]
+        out = {"key": None, "density": float(t.note_count[ids].sum() / max(bars, 1)), "polyphony": None,
+               "pitch_range": None, "tempo": float(t.value[tempos[0]]) if len(tempos) else None}
+        if len(notes):
+            onset, end = time[notes], time[notes] + duration
+            end = np.where(duration > 0, end, np.nextafter(onset, np.inf))  # a note sounds at its own onset
+            starts = np.unique(onset)
+            sounding = np.searchsorted(np.sort(onset), starts, "right") - np.searchsorted(np.sort(end), starts, "right")
+            out["polyphony"] = float(sounding.mean())
+        pitched = kind[notes] == KIND_INDEX["Pitch"]
+        if pitched.any():
+            pitch = t.pitch[ids[notes[pitched]]]
+            out["pitch_range"] = (int(pitch.min()), int(pitch.max()))
+            out["key"] = _estimate_key(np.bincount(pitch % 12, weights=duration[pitched], minlength=12))
+        return out
+
     def music_attributes(self) -> dict[str, list[int]]:
         """The per-id lists the model reads (`MusicConfig.from_tokenizer` stores them): `kind`, `pitch`,
-        `program_set`, `position_set`, `bar_count`, `note_count`, as described in `TokenTable`."""
+        `program_set`, `position_set`, `bar_count`, `note_count`, as described in `TokenTable`, and `infill`
+        (0 none, 1 Infill_Bar, 2 Infill_Start, 3 Infill_End)."""
         t = self.token_table
-        return {name: getattr(t, name).tolist()
-                for name in ("kind", "pitch", "program_set", "position_set", "bar_count", "note_count")}
+        infill = np.zeros(len(t), dtype=np.int64)
+        for n, kind in enumerate(INFILL_KINDS.values(), 1):
+            infill[t.kind == KIND_INDEX[kind]] = n
+        return {**{name: getattr(t, name).tolist()
+                   for name in ("kind", "pitch", "program_set", "position_set", "bar_count", "note_count")},
+                "infill": infill.tolist()}
 
     def grammar_tables(self) -> dict[str, Any]:
         """What a grammar-constrained decoder needs: per-id arrays of `token_table` (`first_kind` (= kind),
@@ -706,4 +880,4 @@ class MusicTokenizer(PreTrainedTokenizer):
 
 
 __all__ = ["MusicTokenizer", "TokenTable", "TOKENIZATIONS", "MusicFileError", "EmptyMusicError", "load_score", "split_abc_tunes",
-           "TOKEN_KINDS"]
+           "TOKEN_KINDS", "CONTROL_NAMES"]

@@ -67,6 +67,14 @@ class DataArguments:
     duration_jitter: int = HfArg(default=0, help="augmentation: move each duration by up to this many bins")
     position_jitter: int = HfArg(default=0, help="augmentation: move each onset by up to this many positions")
     augment_probability: float = HfArg(default=1.0, help="chance that a training window is augmented")
+    fim_rate: float = HfArg(default=0.0, help="composition: chance that a training window is rearranged for "
+                                              "fill-in-the-middle over its bars (infilling)")
+    control_dropout: float | None = HfArg(default=None, help="composition: give training windows a control prefix "
+                                                             "(key, density, polyphony, pitch range) measured on "
+                                                             "them, each control dropped with this probability "
+                                                             "(none: no prefix)")
+    genre_dropout: float = HfArg(default=0.0, help="composition: chance that a training window's genre is dropped "
+                                                   "to unknown (classifier-free guidance)")
     tokenizer_path: str | None = HfArg(default=None, help="load the tokenizer from this folder or Hub repo "
                                                           "(none: a new REMI+ tokenizer)")
     bpe_vocab_size: int = HfArg(default=0, help="learn BPE on the training pieces up to this vocabulary size "
@@ -311,7 +319,9 @@ def build_streams(cfg: TrainConfig, rank: int = 0, world_size: int = 1, progress
 def train_collator(cfg: TrainConfig, tokenizer: MusicTokenizer) -> MusicDataCollator:
     aug = cfg.data.augmentation()
     augmenter = TokenAugmenter(tokenizer, aug) if aug.enabled else None
-    return MusicDataCollator(tokenizer.pad_token_id, augmenter=augmenter, seed=cfg.training.seed)
+    return MusicDataCollator(tokenizer.pad_token_id, augmenter=augmenter, seed=cfg.training.seed, tokenizer=tokenizer,
+                             fim_rate=cfg.data.fim_rate, control_dropout=cfg.data.control_dropout,
+                             genre_dropout=cfg.data.genre_dropout)
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):

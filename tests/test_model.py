@@ -797,3 +797,103 @@ def test_genres_by_name_list_or_mapping_and_clear_errors(tokenizer, piece_ids):
     ids = window_batch(piece_ids, 10)
     with pytest.raises(ValueError, match=r"genre_ids \[9\] outside this model's genres"):
         model(ids, genre_ids=torch.tensor([1, 9]))
+
+
+# ----- 10. fill-in-the-middle: carried attributes at Infill_Start ------------------------------------------------
+def first_bars(tokenizer: MusicTokenizer, ids: list[int], n: int, skip: int = 0) -> list[int]:
+    """Bars skip..skip+n-1 of a piece (whole bars; from BOS when skip is 0)."""
+    starts = [i for i, t in enumerate(ids) if tokenizer.token_table.bar_count[t]] + [len(ids)]
+    return ids[0 if skip == 0 else starts[skip]:starts[skip + n]]
+
+
+def fim_parts(tokenizer: MusicTokenizer, fim: list[int]) -> tuple[int, int]:
+    """Positions of Infill_Start and Infill_End in a FIM sequence."""
+    return fim.index(tokenizer.infill_ids["start"]), fim.index(tokenizer.infill_ids["end"])
+
+
+@pytest.mark.parametrize("name,middle", [("band", (2, 4)), ("band", (0, 1)), ("band", (3, 6)),
+                                         ("palestrina", (1, 5))])
+def test_fim_middle_bars_get_the_attributes_of_the_original_order(tokenizer, piece_ids, name, middle):
+    """Infill_Start takes the bar count, the program and the position back: the middle bars, placed after the
+    suffix, get exactly the pitch class, octave, instrument, bar position and bar index they have in place; alone,
+    packed after another piece (restart), and split at Infill_Start through the cache state."""
+    from music_hf.data import fim_arrange
+
+    embeddings = make_lm(tokenizer).model.embeddings
+    original = first_bars(tokenizer, piece_ids[name], 6, skip=0 if name == "band" else 3)
+    fim = fim_arrange(original, tokenizer, bars=middle)
+    start, end = fim_parts(tokenizer, fim)
+    bar_starts = [i for i, t in enumerate(original) if tokenizer.token_table.bar_count[t]] + [len(original)]
+    a, b = bar_starts[middle[0]], bar_starts[middle[1]]
+    assert fim[start + 1:end] == original[a:b]
+    expected = embeddings.music_attributes(torch.tensor([original]))
+    programs = {p for p in expected["instrument"][0, a:b].tolist()}
+    assert name != "band" or len(programs) >= 3, "the middle should change instrument"
+    alone = embeddings.music_attributes(torch.tensor([fim]))
+    other = piece_ids["chorale"][:37]
+    packed_ids = torch.tensor([other + fim])
+    restart = torch.zeros_like(packed_ids, dtype=torch.bool)
+    restart[0, len(other)] = True
+    packed = embeddings.music_attributes(packed_ids, restart=restart)
+    head = torch.tensor([fim[:start + 1]])
+    state = torch.stack(embeddings.carried(head), dim=1)[..., -1]
+    cached = embeddings.music_attributes(torch.tensor([fim[start + 1:]]), state=state)
+    for key, value in expected.items():
+        want = value[0, a:b].tolist()
+        assert alone[key][0, start + 1:end].tolist() == want, key
+        assert packed[key][0, len(other) + start + 1:len(other) + end].tolist() == want, f"packed: {key}"
+        assert cached[key][0, :end - start - 1].tolist() == want, f"cached: {key}"
+    # the suffix keeps its bar indices (a placeholder counts as a bar), and the placeholders take the middle's
+    k = middle[1] - middle[0]
+    suffix = slice(a + k, start)
+    assert alone["bar_index"][0, suffix].tolist() == expected["bar_index"][0, b:].tolist()
+    assert alone["bar_index"][0, a:a + k].tolist() == list(range(middle[0], middle[1]))
+    assert alone["bar_position"][0, start] == 0  # no position at Infill_Start
+
+
+@pytest.mark.parametrize("norm,conv,position", [("layernorm", 3, "learned"), ("batchnorm", 0, "rotary")],
+                         ids=["layernorm-conv3-learned", "batchnorm-conv0-rotary"])
+def test_fim_sequences_stay_causal(tokenizer, piece_ids, norm, conv, position):
+    """Changing token t of a FIM sequence (into or out of an infill token) changes nothing before t."""
+    from music_hf.data import fim_arrange
+
+    model = make_lm(tokenizer, norm, conv, position).train()
+    infill = tokenizer.infill_ids
+    rows = [fim_arrange(first_bars(tokenizer, piece_ids["band"], 3), tokenizer, bars=(1, 2)),
+            fim_arrange(first_bars(tokenizer, piece_ids["palestrina"], 4, skip=2), tokenizer, bars=(0, 2))]
+    width = min(len(r) for r in rows)
+    ids = torch.tensor([r[:width] for r in rows])
+    start, _ = fim_parts(tokenizer, rows[0])
+    placeholder = rows[0].index(infill["bar"])
+    assert start < width
+    with torch.no_grad():
+        base = model(ids, use_cache=False).logits
+        for t, new in ((placeholder, infill["start"]), (placeholder, ids[0, placeholder + 3]),
+                       (start, infill["bar"]), (start - 5, infill["start"]), (start + 2, infill["end"])):
+            changed = ids.clone()
+            changed[0, t] = new
+            logits = model(changed, use_cache=False).logits
+            torch.testing.assert_close(logits[:, :t], base[:, :t], atol=1e-6, rtol=0,
+                                       msg=f"position < {t} saw token {t}")
+            assert (logits[0, t:] - base[0, t:]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("norm,conv,position", [("layernorm", 3, "learned"), ("rmsnorm", 0, "rotary")],
+                         ids=["layernorm-conv3-learned", "rmsnorm-conv0-rotary"])
+def test_fim_cached_logits_equal_uncached(tokenizer, piece_ids, norm, conv, position):
+    """One prefill through Infill_Start, then the middle bars token by token through the cache: the same logits as
+    the whole FIM sequence in one forward."""
+    from music_hf.data import fim_arrange
+
+    model = make_lm(tokenizer, norm, conv, position)
+    fim = fim_arrange(first_bars(tokenizer, piece_ids["band"], 4), tokenizer, bars=(1, 3))
+    start, end = fim_parts(tokenizer, fim)
+    ids = torch.tensor([fim])
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        out = model(ids[:, :start + 1], use_cache=True)
+        steps, cache = [out.logits], out.cache
+        for t in range(start + 1, end + 1):
+            out = model(ids[:, t:t + 1], cache=cache, use_cache=True)
+            steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full[:, :end + 1], atol=1e-5, rtol=1e-5)

@@ -260,14 +260,17 @@ def test_music_attributes_follow_the_token_names(tokenizer):
     assert {len(t) for t in tables.values()} == {tokenizer.vocab_size}
     for i, token in enumerate(tokenizer.convert_ids_to_tokens(list(range(tokenizer.vocab_size)))):
         kind, _, value = token.partition("_")
-        expected_kind = "special" if kind in ("PAD", "BOS", "EOS", "MASK") else kind
+        bar = kind == "Bar" or token == "Infill_Bar"  # a placeholder counts as a bar
+        expected_kind = ("special" if kind in ("PAD", "BOS", "EOS", "MASK") else kind + value if kind == "Infill"
+                         else "Control" if kind in ("Key", "Density", "Polyphony", "PitchLow", "PitchHigh") else kind)
         assert TOKEN_KINDS[tables["kind"][i]] == expected_kind, token
         assert tables["pitch"][i] == (int(value) if kind == "Pitch" else -1), token
         assert tables["note_count"][i] == (1 if kind in ("Pitch", "PitchDrum") else 0), token
         assert tables["program_set"][i] == ((128 if int(value) == -1 else int(value)) if kind == "Program" else -1)
-        expected_position = int(value) if kind == "Position" else 0 if kind == "Bar" else -1
+        expected_position = int(value) if kind == "Position" else 0 if bar else -1
         assert tables["position_set"][i] == expected_position, token
-        assert tables["bar_count"][i] == (1 if kind == "Bar" else 0), token
+        assert tables["bar_count"][i] == (1 if bar else 0), token
+        assert tables["infill"][i] == {"Infill_Bar": 1, "Infill_Start": 2, "Infill_End": 3}.get(token, 0), token
     assert tables["program_set"][tokenizer.convert_tokens_to_ids("Program_-1")] == 128
     assert tables["pitch"][tokenizer.convert_tokens_to_ids("Pitch_60")] == 60
     assert tables["position_set"][tokenizer.convert_tokens_to_ids("Position_5")] == 5
@@ -279,7 +282,69 @@ def test_config_from_tokenizer_carries_the_tables(tokenizer):
     tables = tokenizer.music_attributes()
     assert config.vocab_size == len(tokenizer)
     assert config.token_pitch == tables["pitch"] and config.token_program_set == tables["program_set"]
+    assert config.token_infill == tables["infill"] and sorted(set(config.token_infill)) == [0, 1, 2, 3]
     config.validate_architecture()
+    saved_before = config.to_dict()
+    del saved_before["token_infill"]  # a config saved before the infill table loads with it neutral
+    assert MusicConfig.from_dict(saved_before).token_infill == [0] * config.vocab_size
+
+
+# ----- composition tokens (infilling, controls) -------------------------------------------------------------------
+def test_composition_tokens_follow_the_four_specials_and_keep_the_music_tokens(tokenizer, real_midi_paths, tmp_path):
+    tokens = tokenizer.convert_ids_to_tokens(list(range(4 + 62)))
+    assert tokens[:7] == ["PAD_None", "BOS_None", "EOS_None", "MASK_None", "Infill_Bar", "Infill_Start", "Infill_End"]
+    groups = Counter(t.partition("_")[0] for t in tokens[7:])
+    assert groups == {"Key": 24, "Density": 9, "Polyphony": 6, "PitchLow": 10, "PitchHigh": 10}
+    assert tokens[7:9] == ["Key_Cmaj", "Key_C#maj"] and "Key_F#min" in tokens and tokens[66 - 1] == "PitchHigh_9"
+    assert tokenizer.infill_ids == {"bar": 4, "start": 5, "end": 6}
+    # a tokenizer saved with the four specials only (as before) loads its own vocabulary and names what it lacks
+    old = MusicTokenizer(miditok_config={"special_tokens": ["PAD", "BOS", "EOS", "MASK"]})
+    assert old.vocab_size == tokenizer.vocab_size - 62
+    old.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    del config["miditok_config"]  # as the old code saved it: the vocabulary is the folder's miditok_config.json
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    loaded = MusicTokenizer.from_pretrained(tmp_path)
+    assert loaded.get_vocab() == old.get_vocab()
+    assert loaded(real_midi_paths[0])["input_ids"] == old(real_midi_paths[0])["input_ids"]
+    with pytest.raises(ValueError, match="no InfillBar token.*composition tokens"):
+        loaded.infill_ids
+    with pytest.raises(ValueError, match="no Key token"):
+        loaded.control_ids({"key": "D minor"})
+    # the music tokens keep their order and meaning, shifted by the 62 new ids
+    new_vocab, old_vocab = tokenizer.get_vocab(), old.get_vocab()
+    assert all(new_vocab[t] == i + 62 for t, i in old_vocab.items() if i >= 4)
+
+
+def test_control_ids_accept_user_values_and_name_what_is_accepted(tokenizer):
+    def names(controls):
+        return tokenizer.convert_ids_to_tokens(tokenizer.control_ids(controls))
+
+    for spelling in ("D minor", "D min", "Dmin", "Dm", "d", " D Minor "):
+        assert names({"key": spelling}) == ["Key_Dmin"], spelling
+    assert names({"key": "D major"}) == names({"key": "D"}) == ["Key_Dmaj"]
+    assert names({"key": "Eb major"}) == names({"key": "D#"}) == names({"key": "E-"}) == ["Key_Ebmaj"]
+    assert names({"key": "F#m"}) == names({"key": "Gbmin"}) == ["Key_F#min"] and names({"key": "bb"}) == ["Key_Bbmin"]
+    assert names({"key": "Cb"}) == ["Key_Bmaj"]
+    # in CONTROL_NAMES order whatever the mapping's order; None and absent set nothing
+    assert names({"pitch_range": (40, 84), "polyphony": 3.6, "density": 5.0, "key": None}) == [
+        "Density_2", "Polyphony_4", "PitchLow_2", "PitchHigh_6"]
+    assert names({}) == [] and names({"density": None}) == []
+    edges = {0: 0, 1.99: 0, 2: 1, 7.5: 3, 8: 4, 12: 5, 23.9: 6, 24: 7, 31: 7, 32: 8, 1000: 8}
+    for density, k in edges.items():
+        assert names({"density": density}) == [f"Density_{k}"], density
+    for polyphony, k in {1: 1, 1.49: 1, 1.5: 2, 5.4: 5, 6: 6, 17: 6}.items():
+        assert names({"polyphony": polyphony}) == [f"Polyphony_{k}"], polyphony
+    assert names({"pitch_range": (0, 127)}) == ["PitchLow_0", "PitchHigh_9"]  # octaves -1 and 10 clip to 0..9
+    assert names({"pitch_range": [60, 60]}) == ["PitchLow_4", "PitchHigh_4"]
+
+
+def test_decode_midi_drops_infill_and_control_ids(tokenizer, real_midi_paths):
+    ids = tokenizer(real_midi_paths[0])["input_ids"]
+    marked = [ids[0], *tokenizer.control_ids({"key": "F# minor", "density": 10}), *tokenizer.infill_ids.values(),
+              *ids[1:60], tokenizer.infill_ids["bar"], *ids[60:]]
+    assert notes_of(tokenizer.decode_midi(marked)) == notes_of(tokenizer.decode_midi(ids))
+    assert tokenizer.grammar_errors(marked) == tokenizer.grammar_errors(ids) == 0.0
 
 
 def test_token_table_is_built_once_per_vocabulary(real_midi_paths):
@@ -375,7 +440,7 @@ def test_bpe_attributes_derive_from_base_tokens(bpe_tokenizer):
         programs = [int(t.split("_")[1]) for t in base if t.startswith("Program_")]
         assert tables["pitch"][i] == (pitches[-1] if pitches else -1)
         assert tables["note_count"][i] == sum(t.startswith(("Pitch_", "PitchDrum_")) for t in base)
-        assert tables["bar_count"][i] == base.count("Bar_None")
+        assert tables["bar_count"][i] == base.count("Bar_None") + base.count("Infill_Bar")  # a placeholder: a bar
         assert tables["program_set"][i] == ((128 if programs[-1] == -1 else programs[-1]) if programs else -1)
         if len(base) > 1 and pitches:
             learned_with_pitch += 1
