@@ -8,6 +8,7 @@ from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModel
                           AutoTokenizer)
 
 from .configuration_music import MusicConfig
+from .generation import accompany, generate_midi, generate_music, infill_music
 from .modeling_music import MusicForCausalLM, MusicForSequenceClassification, MusicModel, MusicPreTrainedModel
 from .pipelines import MusicGenerationPipeline, register_pipeline
 from .tokenization_music import EmptyMusicError, MusicFileError, MusicTokenizer, load_score
@@ -28,4 +29,4 @@ register_pipeline()  # pipeline("music-generation", model=...)
 __version__ = "0.1.0"
 __all__ = ["MusicConfig", "MusicTokenizer", "MusicModel", "MusicPreTrainedModel", "MusicForCausalLM",
            "MusicForSequenceClassification", "MusicGenerationPipeline", "MusicFileError", "EmptyMusicError",
-           "load_score"]
+           "load_score", "generate_music", "generate_midi", "infill_music", "accompany"]

@@ -130,10 +130,87 @@ class GenerateArguments:
     num_return_sequences: int = HfArg(default=1, help="pieces per genre")
     seed: int = HfArg(default=0, help="sampling seed")
     unconstrained: bool = HfArg(default=False, help="turn grammar-constrained decoding off")
+    infill_bars: list[int] | None = HfArg(default=None, help="START END: regenerate bars START to END-1 of the "
+                                                             "--prompt piece (bars from 0), keeping the others")
+    infill_programs: str | None = HfArg(default=None, help="comma-separated programs: with --infill_bars, regenerate "
+                                                           "only their notes there (128 = drums)")
+    accompany_program: int | None = HfArg(default=None, help="write a new part for this program (0-127, 128 = "
+                                                             "drums) along the whole --prompt piece")
+    controls: list[str] | None = HfArg(default=None, help='key=value pairs: key="D minor" density=8 (notes per '
+                                                          'bar) polyphony=2 pitch_range=48-84 tempo=96')
+    guidance_scale: float | None = HfArg(default=None, help="classifier-free guidance toward the controls and the "
+                                                            "genre (> 1 pulls harder; none or 1: off)")
+
+
+CONTROL_NUMBERS = ("density", "polyphony", "tempo")
+
+
+def parse_controls(pairs: Sequence[str] | None) -> dict[str, Any] | None:
+    """`key=value` pairs into generation controls: numbers for density, polyphony and tempo, (low, high) for
+    pitch_range ("48-84" or "48,84"), text for key; the tokenizer checks names and values."""
+    if not pairs:
+        return None
+    controls: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name, value = name.strip().lower(), value.strip().strip("'\"")
+        if not sep or not name or not value:
+            raise ValueError(f"--controls takes key=value pairs (key=\"D minor\" density=8), got {pair!r}")
+        try:
+            if name in CONTROL_NUMBERS:
+                controls[name] = float(value)
+            elif name == "pitch_range":
+                low, high = value.replace(",", "-").split("-")
+                controls[name] = (int(low), int(high))
+            else:
+                controls[name] = value
+        except ValueError:
+            raise ValueError(f"--controls {name}: cannot read {value!r}"
+                             f"{' (LOW-HIGH MIDI pitches)' if name == 'pitch_range' else ' (a number)'}") from None
+    return controls
+
+
+def compose(args: GenerateArguments, sampling: Any, model: Any, tokenizer: Any, genres: list[str | None],
+            controls: dict[str, Any] | None, out: Path) -> list[str]:
+    """Infill bars of, or add a part to, the --prompt piece: one MIDI file per genre and variation."""
+    from . import generation
+
+    if not args.prompt:
+        raise ValueError("--infill_bars and --accompany_program work on a piece: pass it as --prompt")
+    if args.infill_bars is not None and args.accompany_program is not None:
+        raise ValueError("choose one of --infill_bars and --accompany_program")
+    if args.infill_bars is not None and len(args.infill_bars) != 2:
+        raise ValueError(f"--infill_bars takes START END, got {' '.join(map(str, args.infill_bars))}")
+    if args.infill_programs and args.infill_bars is None:
+        raise ValueError("--infill_programs goes with --infill_bars")
+    programs = [int(x) for x in args.infill_programs.split(",")] if args.infill_programs else None
+    kwargs = dict(controls=controls, guidance_scale=args.guidance_scale, max_new_tokens=args.max_new_tokens,
+                  **dataclasses.asdict(sampling))
+    written = []
+    for genre in genres:
+        for i in range(args.num_return_sequences):
+            seed = args.seed + i
+            if args.infill_bars is not None:
+                start, end = args.infill_bars
+                piece = generation.infill_piece(model, tokenizer, args.prompt, (start, end), programs, genre=genre,
+                                                seed=seed, **kwargs)
+                name = f"infill_{start}-{end}"
+            else:
+                piece = generation.accompany_piece(model, tokenizer, args.prompt, args.accompany_program,
+                                                   genre=genre, seed=seed, **kwargs)
+                name = f"accompany_{args.accompany_program}"
+            path = out / f"{name}_{(genre or 'any').replace(' ', '_')}_{seed}.mid"
+            piece.score.dump_midi(str(path))
+            written.append(str(path))
+            print(json.dumps({"genre": genre, "midi": str(path), "notes": piece.score.note_num(),
+                              "tokens": len(piece.ids), "new_tokens": piece.span[1] - piece.span[0],
+                              "seconds": round(piece.score.to("second").end(), 1)}))
+    return written
 
 
 def generate(args: GenerateArguments, sampling: Any) -> list[str]:
-    """Generate pieces per genre with the model, write them as MIDI files, print a JSON line for each."""
+    """Generate pieces per genre with the model (or infill bars of / accompany the --prompt piece), write them as
+    MIDI files, print a JSON line for each."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -152,8 +229,12 @@ def generate(args: GenerateArguments, sampling: Any) -> list[str]:
         for genre in genres:
             model.config.genre_id(genre)  # an unknown name raises ValueError listing the known ones
     programs = [int(x) for x in args.programs.split(",")] if args.programs else None
+    controls = parse_controls(args.controls)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.infill_bars is not None or args.accompany_program is not None:
+        with torch.inference_mode():
+            return compose(args, sampling, model, tokenizer, genres, controls, out)
     written = []
     for genre in genres:
         with torch.inference_mode():
@@ -161,7 +242,7 @@ def generate(args: GenerateArguments, sampling: Any) -> list[str]:
                 model, tokenizer, prompt=args.prompt, genre=genre, max_new_tokens=args.max_new_tokens,
                 constrained=not args.unconstrained, prompt_bars=args.prompt_bars, programs=programs,
                 time_signature=args.time_signature, tempo=args.tempo, num_return_sequences=args.num_return_sequences,
-                seed=args.seed, **dataclasses.asdict(sampling))
+                seed=args.seed, controls=controls, guidance_scale=args.guidance_scale, **dataclasses.asdict(sampling))
         for i, piece in enumerate(pieces):
             path = out / f"{(genre or 'any').replace(' ', '_')}_{args.seed}_{i}.mid"
             piece.score.dump_midi(str(path))
@@ -177,7 +258,9 @@ def generate_command(argv: Sequence[str]) -> int:
 
     parser = Parser((GenerateArguments, SamplingArguments), "music-hf generate",
                     "Generate music with a trained model (a folder or a Hub repo id) and write MIDI files;\n"
-                    "sampling settings left unset come from the model's generation_config.json.",
+                    "sampling settings left unset come from the model's generation_config.json. With --prompt,\n"
+                    "--infill_bars START END regenerates those bars and --accompany_program P adds a part;\n"
+                    "--controls key=value... and --guidance_scale steer any of them.",
                     defaults=MODEL_SAMPLING)
     args, sampling = parser.parse(argv)
     try:
