@@ -8,7 +8,8 @@ from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModel
                           AutoTokenizer)
 
 from .configuration_music import MusicConfig
-from .generation import accompany, generate_midi, generate_music, infill_music
+from .composition import accompany, infill_music
+from .generation import generate_midi, generate_music
 from .modeling_music import MusicForCausalLM, MusicForSequenceClassification, MusicModel, MusicPreTrainedModel
 from .pipelines import MusicGenerationPipeline, register_pipeline
 from .tokenization_music import EmptyMusicError, MusicFileError, MusicTokenizer, load_score

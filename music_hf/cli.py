@@ -173,7 +173,7 @@ def parse_controls(pairs: Sequence[str] | None) -> dict[str, Any] | None:
 def compose(args: GenerateArguments, sampling: Any, model: Any, tokenizer: Any, genres: list[str | None],
             controls: dict[str, Any] | None, out: Path) -> list[str]:
     """Infill bars of, or add a part to, the --prompt piece: one MIDI file per genre and variation."""
-    from . import generation
+    from . import composition
 
     if not args.prompt:
         raise ValueError("--infill_bars and --accompany_program work on a piece: pass it as --prompt")
@@ -192,11 +192,11 @@ def compose(args: GenerateArguments, sampling: Any, model: Any, tokenizer: Any, 
             seed = args.seed + i
             if args.infill_bars is not None:
                 start, end = args.infill_bars
-                piece = generation.infill_piece(model, tokenizer, args.prompt, (start, end), programs, genre=genre,
+                piece = composition.infill_piece(model, tokenizer, args.prompt, (start, end), programs, genre=genre,
                                                 seed=seed, **kwargs)
                 name = f"infill_{start}-{end}"
             else:
-                piece = generation.accompany_piece(model, tokenizer, args.prompt, args.accompany_program,
+                piece = composition.accompany_piece(model, tokenizer, args.prompt, args.accompany_program,
                                                    genre=genre, seed=seed, **kwargs)
                 name = f"accompany_{args.accompany_program}"
             path = out / f"{name}_{(genre or 'any').replace(' ', '_')}_{seed}.mid"

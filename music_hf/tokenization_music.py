@@ -631,7 +631,7 @@ class MusicTokenizer(PreTrainedTokenizer):
                 continue
             kind[i], cols["last_kind"][i], value[i] = base_kind[base[0]], base_kind[base[-1]], base_value[base[0]]
             cols["control"][i] = base_control[base[0]]
-            program, opened, bars = -1, {}, 0
+            program, opened = -1, {}
             for b in base:
                 bk, v = base_kind[b], base_value[b]
                 if bk in pitched:

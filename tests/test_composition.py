@@ -16,8 +16,8 @@ import torch
 from music_hf import MusicConfig, MusicForCausalLM, MusicTokenizer, accompany, infill_music
 from music_hf.cli import main as cli_main
 from music_hf.cli import parse_controls
-from music_hf.generation import (MusicGrammarLogitsProcessor, accompany_piece, composition_mask, cut_bars,
-                                 generate_music, infill_piece, prompt_ids)
+from music_hf.composition import accompany_piece, infill_piece
+from music_hf.generation import MusicGrammarLogitsProcessor, composition_mask, cut_bars, generate_music, prompt_ids
 from music_hf.tokenization_music import KIND_INDEX, EmptyMusicError, MusicFileError, default_miditok_config
 
 EXCERPT_BARS = 8
