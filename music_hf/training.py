@@ -635,7 +635,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None, resume: str | None = 
         tokens_seen += step_tokens
         step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum").item()
         progress.update(1)
-        progress.set_postfix(loss=f"{step_loss:.3f}")
+        progress.set_postfix(loss=f"{step_loss:.3f}", refresh=False)  # shown at the next update (mininterval)
         history.append({"step": state.step, "loss": step_loss})
         if accelerator.is_main_process:  # written as it happens, so a killed run keeps its log (a resume
             with (out / "train_log.jsonl").open("a") as f:  # appends the steps it redoes again)
