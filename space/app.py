@@ -5,13 +5,15 @@
     MODEL_ID=org/name python space/app.py    # a model on the Hub, or MODEL_ID=path/to/folder
 
 The same file is the `app_file` of the Hugging Face Space in this folder. Everything a visitor can do is a
-plain method of `Studio` (tests call them directly); `build_demo` only lays out the page and wires events.
+plain method of `Studio` (tests call them directly); `build_demo` lays out the page and wires events, and runs
+a generation in a thread so that the piano rolls draw while tokens come in and Stop keeps what was made.
 Settings come from the environment: MODEL_ID, CORPUS_DIR, MAX_NEW_TOKENS, GENERATION_TIMEOUT_S,
 MAX_UPLOAD_MB, QUEUE_SIZE, MUSIC_HF_SOUNDFONT, and Gradio's own (GRADIO_SERVER_PORT, GRADIO_SERVER_NAME).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -23,6 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,10 +44,10 @@ import music_hf  # noqa: E402,F401  (registers the Auto classes)
 from music_hf import MusicFileError  # noqa: E402
 from music_hf.configuration_music import UNKNOWN_GENRE  # noqa: E402
 from music_hf.corpus import MANIFEST_NAME, default_cache_dir  # noqa: E402
-from music_hf.tokenization_music import MIDI_SUFFIXES  # noqa: E402
-from music_hf.generation import cpu_threads_for, cut_bars, generate_music, prompt_ids  # noqa: E402
+from music_hf.tokenization_music import KEY_MODES, KEY_TONICS, KIND_INDEX, MIDI_SUFFIXES  # noqa: E402
+from music_hf.generation import cpu_threads_for, cut_bars, finish_sequence, generate_music, prompt_ids  # noqa: E402
 from music_hf.render import (GM_PROGRAM_NAMES, audio_available, bar_end_tick, describe_instruments,  # noqa: E402
-                             piano_roll, render_audio)
+                             piano_roll, program_name, render_audio)
 
 logger = logging.getLogger("music_hf.space")
 
@@ -57,6 +60,10 @@ MAX_UPLOAD_BYTES = int(float(os.environ.get("MAX_UPLOAD_MB", 2)) * 1024 * 1024)
 QUEUE_SIZE = int(os.environ.get("QUEUE_SIZE", 16))
 MAX_VARIATIONS = 4
 MAX_PROMPT_BARS = 32
+LIVE_ROLL_EVERY = 64  # new tokens between two drawings of the piano roll while a generation runs
+LEARNED_SHARE = 2.0  # a program counts as learned at this many times the chance share of the Program tokens
+ANY_KEY = "any"
+STOPPED_BY_REQUEST = "stopped by request"
 
 NEW, UPLOAD, EXAMPLE = "new", "upload", "example"
 SOURCE_LABELS = {NEW: "New piece", UPLOAD: "My MIDI file", EXAMPLE: "Corpus example"}
@@ -66,9 +73,25 @@ class ModelUnavailable(RuntimeError):
     """The model named by MODEL_ID cannot be loaded; the message says what to run instead."""
 
 
-def user_error(message: str, title: str = "Error") -> gr.Error:
-    """An error shown to the visitor as a message (the server log gets no traceback for it)."""
-    return gr.Error(message, title=title, print_exception=False)
+def user_error(message: str, title: str) -> gr.Error:
+    """An error shown to the visitor (the server log gets no traceback for it).
+
+    The title leads the message: Gradio 6.31's toasts head every error "Error" and show no title."""
+    return gr.Error(f"{title} — {message}", title=title, print_exception=False)
+
+
+def naming_the_field(component: gr.components.Component) -> None:
+    """Make the component's own check of an input value ("Value 0 is less than minimum value 1.") say which field it
+    is about. (The instance's method is wrapped: a subclass would make Gradio write an app.pyi next to this file.)"""
+    check = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return check(payload)
+        except gr.Error as e:
+            raise user_error(e.message, title=component.label) from None
+
+    component.preprocess = preprocess
 
 
 # ----- model and corpus ----------------------------------------------------------------------------------
@@ -166,19 +189,59 @@ def load_corpus_pieces(genres: list[str], corpus_dir: str | None = None, per_gen
     return pieces, f"{len(pieces)} corpus pieces from {corpus_dir}"
 
 
+def learned_programs(model: Any, tokenizer: Any, contexts: Sequence[tuple[list[int], str]]) -> list[int]:
+    """The programs (128 = drums) the model learned to play, measured from the model itself.
+
+    For each context (ids with BOS, and a genre), the model's probability for each Program token is shared out
+    among the Program tokens (softmax over them) and averaged over the places where the next token is a Program
+    token (the last place when none is, as at the opening of a new piece). A program is learned when its share
+    reaches LEARNED_SHARE times chance (1 / the number of programs) in some context. A program the training data
+    never had gets almost nothing, and a generation restricted to it writes silence: the model would rather move
+    on in time than play it.
+    """
+    program_ids = torch.as_tensor(tokenizer.kind_ids("Program"))
+    if not len(program_ids):
+        return []
+    table = tokenizer.token_table
+    is_program = table.kind == KIND_INDEX["Program"]
+    device = model.device
+    best = torch.zeros(len(program_ids))
+    with torch.no_grad():
+        for ids, genre in contexts:
+            places = [i for i in range(len(ids) - 1) if is_program[ids[i + 1]]] or [len(ids) - 1]
+            logits = model(torch.tensor([ids], device=device),
+                           genre_ids=torch.tensor([model.config.genre_id(genre)], device=device)).logits[0]
+            share = logits[places][:, program_ids.to(device)].float().softmax(-1).mean(0).cpu()
+            best = torch.maximum(best, share)
+    chance = 1.0 / len(program_ids)
+    return sorted(int(table.value[i]) for i, s in zip(program_ids.tolist(), best.tolist())
+                  if s >= LEARNED_SHARE * chance)
+
+
 # ----- generation bookkeeping --------------------------------------------------------------------------
 
 class GenerationProgress(StoppingCriteria):
-    """Counts generated tokens for the progress bar, and stops generation when `cancel` is set."""
+    """Follows one generation: counts its new tokens (the progress line), keeps the newest ids of every variation
+    (the piano roll drawn while tokens stream in), and stops it when `cancel` is set (Stop keeps what was made)."""
 
     def __init__(self, total: int):
         self.total = total
         self.done = 0
         self.cancel = threading.Event()
+        self.prompt: list[int] = []  # the ids the new tokens follow (no BOS); set when the generation starts
+        self._latest: tuple[int, torch.Tensor] | None = None  # (new tokens, every row so far), replaced at once
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         self.done += 1
+        self._latest = (self.done, input_ids)
         return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    def so_far(self) -> list[list[int]]:
+        """Each variation as generated so far: the prompt, then its new ids."""
+        if self._latest is None:
+            return []
+        done, rows = self._latest
+        return [self.prompt + row for row in rows[:, rows.shape[1] - done:].tolist()]
 
 
 @dataclass
@@ -196,10 +259,15 @@ class Settings:
     seed: int = 0
     variations: int = 1
     constrained: bool = True
+    key: str | None = None
 
     @property
     def programs(self) -> list[int] | None:
         return [GM_PROGRAM_NAMES.index(n) for n in self.instruments] or None
+
+    @property
+    def controls(self) -> dict[str, str] | None:
+        return {"key": self.key} if self.key else None
 
 
 @dataclass
@@ -238,6 +306,13 @@ class Studio:
             counts[piece.genre] = counts.get(piece.genre, 0) + 1
             if counts[piece.genre] <= examples_per_genre:
                 self.examples.append(piece)
+        covered = {p.genre for p in self.examples}
+        self.missing_genres = [g for g in self.genres if g != UNKNOWN_GENRE and g not in covered]
+        if self.missing_genres:
+            logger.warning("no corpus example for the genre(s) %s (%s)", ", ".join(self.missing_genres),
+                           self.corpus_note)
+        self.programs = learned_programs(self.model, self.tokenizer, self._program_contexts())
+        self.keys = self._keys()
         self.audio_ok, self.audio_note = audio_available()
         self._embeddings: torch.Tensor | None = None
         self._embedding_lock = threading.Lock()
@@ -248,29 +323,73 @@ class Studio:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
+    @property
+    def instrument_names(self) -> list[str]:
+        """The names of the programs the model learned (`learned_programs`), the instruments a visitor may pick."""
+        return [program_name(p) for p in self.programs]
+
+    def _program_contexts(self) -> list[tuple[list[int], str]]:
+        """Where `learned_programs` asks the model: the opening of a new piece in each genre, and the corpus examples
+        (each with its genre), cut to the context."""
+        signature = "4/4" if "4/4" in self.time_signatures else self.time_signatures[0]
+        contexts = [(prompt_ids(self.tokenizer, None, time_signature=signature, tempo=120), g) for g in self.genres]
+        for piece in self.examples:
+            try:
+                ids = self.tokenizer.encode_score(piece.path)
+            except MusicFileError as e:
+                logger.warning("not used to find the instruments: %s", e)
+                continue
+            contexts.append(([self.tokenizer.bos_token_id] + ids[: self.max_context - 1], piece.genre))
+        return contexts
+
+    def _keys(self) -> list[str]:
+        """The keys the tokenizer has control tokens for ("C major" ... "B minor"); none for one without them."""
+        keys = [f"{tonic} {'major' if mode == 'maj' else 'minor'}" for mode in KEY_MODES for tonic in KEY_TONICS]
+        try:
+            self.tokenizer.control_ids({"key": keys[0]})
+        except ValueError:
+            return []
+        return keys
+
     def summary(self) -> str:
         genres = ", ".join(g for g in self.genres if g != UNKNOWN_GENRE) or "none"
         name = self.model_id if len(self.model_id) < 60 else "…" + self.model_id[-57:]
-        return (f"**Model** `{name}` · {self.num_parameters / 1e6:.1f} M parameters · "
-                f"{len(self.tokenizer)} tokens · context {self.max_context} · genres: {genres}")
+        text = (f"**Model** `{name}` · {self.num_parameters / 1e6:.1f} M parameters · "
+                f"{len(self.tokenizer)} tokens · context {self.max_context} · genres: {genres} · "
+                f"instruments it learned: {', '.join(self.instrument_names) or 'none it plays reliably'}")
+        if self.missing_genres:
+            plural = "s" if len(self.missing_genres) > 1 else ""
+            text += f"<br>⚠️ The example corpus has no piece of the genre{plural} {', '.join(self.missing_genres)}."
+        return text
 
     # ----- validating inputs -------------------------------------------------------------------------
     def settings(self, genre: str | None = None, instruments: list[str] | None = None, tempo: float = 120,
                  time_signature: str | None = "4/4", max_new_tokens: int = 256, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = 0, variations: int = 1,
-                 constrained: bool = True) -> Settings:
-        """Raw widget values -> Settings; out-of-range values are clamped, unknown names refused."""
+                 constrained: bool = True, key: str | None = None) -> Settings:
+        """Raw widget values -> Settings; out-of-range values are clamped, unknown names refused, and so are the
+        instruments the model never learned (it would write silence for them)."""
         genre = genre or UNKNOWN_GENRE
         if genre not in self.genres:
-            raise user_error(f"Unknown genre {genre!r}; this model knows {', '.join(self.genres)}.")
+            raise user_error(f"Unknown genre {genre!r}; this model knows {', '.join(self.genres)}.", title="Genre")
         instruments = list(instruments or [])
         unknown = [n for n in instruments if n not in GM_PROGRAM_NAMES]
         if unknown:
-            raise user_error(f"Unknown instrument(s): {', '.join(unknown)}.")
+            raise user_error(f"Unknown instrument(s): {', '.join(unknown)}.", title="Instruments")
+        unlearned = [n for n in instruments if GM_PROGRAM_NAMES.index(n) not in self.programs]
+        if unlearned:
+            never = describe_instruments([GM_PROGRAM_NAMES.index(n) for n in unlearned])
+            plays = ", ".join(self.instrument_names) or "no instrument reliably (leave Instruments empty)"
+            raise user_error(f"This model never learned to play {never}: it would write silence. It plays {plays}.",
+                             title="Instrument not learned")
+        key = None if key in (None, "", ANY_KEY) else key
+        if key is not None and key not in self.keys:
+            raise user_error(f"Unknown key {key!r}; choose one of {self.keys[0]} ... {self.keys[-1]}."
+                             if self.keys else "This model's tokenizer has no key control.", title="Key")
         time_signature = time_signature or "4/4"
         if time_signature not in self.time_signatures:
             raise user_error(f"Time signature {time_signature} is not in the tokenizer's vocabulary "
-                           f"({', '.join(self.time_signatures)}).")
+                             f"({', '.join(self.time_signatures)}).", title="Time signature")
         seed = -1 if seed is None else int(seed)
         return Settings(
             genre=genre, instruments=instruments, tempo=float(min(max(tempo or 120, 20), 300)),
@@ -279,7 +398,8 @@ class Studio:
             temperature=float(min(max(temperature or 1.0, 0.05), 3.0)), top_k=int(max(top_k or 0, 0)),
             top_p=float(min(max(top_p or 1.0, 0.05), 1.0)),
             seed=seed if seed >= 0 else secrets.randbelow(2**31),
-            variations=int(min(max(int(variations or 1), 1), MAX_VARIATIONS)), constrained=bool(constrained))
+            variations=int(min(max(int(variations or 1), 1), MAX_VARIATIONS)), constrained=bool(constrained),
+            key=key)
 
     def read_upload(self, upload: str | os.PathLike | None) -> list[int]:
         """Token ids of an uploaded MIDI file; a readable `gr.Error` for anything that is not usable music."""
@@ -315,10 +435,11 @@ class Studio:
             try:
                 ids = self.tokenizer.encode_score(piece.path)
             except MusicFileError as e:
-                raise user_error(f"Could not read the example {piece.name}: {e.problem}.") from None
+                raise user_error(f"Could not read the example {piece.name}: {e.problem}.",
+                                 title="Unreadable example") from None
             label = piece.name
         else:
-            raise user_error(f"Unknown prompt source {source!r}.")
+            raise user_error(f"Unknown prompt source {source!r}.", title="Start from")
         kept = cut_bars(self.tokenizer, ids, bars)
         if not any(self.tokenizer.music_attributes()["note_count"][i] for i in kept):
             raise user_error(f"The first {bars} bar(s) of {label} hold no notes; keep more bars.", title="Empty prompt")
@@ -331,6 +452,16 @@ class Studio:
     def _has_notes(self, ids: list[int]) -> bool:
         note_count = self.tokenizer.music_attributes()["note_count"]
         return any(note_count[i] for i in ids)
+
+    def _prompt_end_tick(self, prompt: list[int]) -> int | None:
+        """Tick where generation begins after `prompt` (None when it holds no notes): its last note onset, or the
+        start of its last bar when that bar has no note yet. Not the end of the last bar: new notes may join it,
+        at the last onset or later (decoding moves forward in time: positions rise inside a bar)."""
+        score = self.tokenizer.decode_midi(prompt)
+        onsets = [int(track.notes.numpy()["time"].max()) for track in score.tracks if len(track.notes)]
+        if not onsets:
+            return None
+        return max(max(onsets), bar_end_tick(score, max(self._bars(prompt) - 1, 0)))
 
     # ----- generating --------------------------------------------------------------------------------
     def generate(self, history: list[dict] | None, source: str = NEW, upload: str | None = None,
@@ -366,31 +497,54 @@ class Studio:
         pieces = history[-1]["pieces"]
         variation = int(variation or 1)
         if not 1 <= variation <= len(pieces):
-            raise user_error(f"There is no variation {variation} (the last step has {len(pieces)}).")
+            raise user_error(f"There is no variation {variation} (the last step has {len(pieces)}).",
+                             title="Variation")
         return pieces[variation - 1]
+
+    def _output_folder(self) -> Path:
+        """A new folder for one result's files (older ones are deleted after some hours)."""
+        self._clean_old_outputs()
+        folder = self.output_root / uuid.uuid4().hex[:12]
+        folder.mkdir(parents=True)
+        return folder
+
+    def _context_warning(self, prompt: list[int], seen: int, head: int, settings: Settings) -> str:
+        """What to tell when the model saw only the last `seen` ids of `prompt` (its context is too short);
+        `head`: the ids before the prompt (BOS and the control tokens)."""
+        whole = self.max_context - head - len(prompt)
+        advice = (f"ask for at most {whole} new tokens or keep fewer bars" if whole >= 32 else "keep fewer bars")
+        if seen == 0:
+            return (f"The model's context holds {self.max_context} tokens: with {settings.max_new_tokens} new ones "
+                    f"it did not see the prompt at all. To continue the whole prompt, {advice}.")
+        return (f"The model's context holds {self.max_context} tokens: it saw only the last {seen} of the prompt's "
+                f"{len(prompt)} (from bar {max(self._bars(prompt[: len(prompt) - seen]), 1)} on). To continue "
+                f"the whole prompt, {advice}.")
 
     def _step(self, start: list[int], label: str, settings: Settings, progress: GenerationProgress | None,
               notify: Any) -> dict:
         """Run the model on `start` (ids without BOS), then decode, draw and render each variation."""
         tokenizer = self.tokenizer
         progress = progress or GenerationProgress(settings.max_new_tokens)
+        progress.prompt = list(start)
         t0 = time.perf_counter()
         with self._model_lock:
             pieces = generate_music(
                 self.model, tokenizer, prompt=start, genre=settings.genre, max_new_tokens=settings.max_new_tokens,
                 constrained=settings.constrained, programs=settings.programs if settings.constrained else None,
-                temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-                num_return_sequences=settings.variations,
+                controls=settings.controls, temperature=settings.temperature, top_k=settings.top_k,
+                top_p=settings.top_p, num_return_sequences=settings.variations,
                 seed=settings.seed, max_time=GENERATION_TIMEOUT_S,
                 stopping_criteria=StoppingCriteriaList([progress]))
         elapsed = time.perf_counter() - t0
         prompt_bars = self._bars(start) if self._has_notes(start) else 0
-        stopped = ("stopped by request" if progress.cancel.is_set() else
+        prompt_end = self._prompt_end_tick(start)
+        stopped = (STOPPED_BY_REQUEST if progress.cancel.is_set() else
                    f"stopped at the {GENERATION_TIMEOUT_S:.0f} s time limit" if elapsed >= GENERATION_TIMEOUT_S
                    else "")
-        self._clean_old_outputs()
-        folder = self.output_root / uuid.uuid4().hex[:12]
-        folder.mkdir(parents=True)
+        head = len(prompt_ids(tokenizer, [], controls=settings.controls))  # BOS and the control tokens
+        seen = pieces[0].prompt_length - head  # the library cuts a prompt too long for the context from the left
+        warnings = [self._context_warning(start, seen, head, settings)] if seen < len(start) else []
+        folder = self._output_folder()
         out = []
         slug = re.sub(r"[^a-z0-9]+", "-", settings.genre.lower()).strip("-")
         slug = "piece" if slug in ("", UNKNOWN_GENRE) else slug
@@ -403,7 +557,6 @@ class Studio:
             midi = folder / f"{slug}-{n}.mid"
             score.dump_midi(str(midi))
             genre = "any genre" if settings.genre == UNKNOWN_GENRE else settings.genre
-            prompt_end = bar_end_tick(score, prompt_bars) if prompt_bars else None
             image = piano_roll(score, prompt_end_tick=prompt_end, path=folder / f"roll_{n}.png",
                                title=f"Variation {n} · {genre}")
             audio = render_audio(score, folder / f"audio_{n}.wav") if self.audio_ok else None
@@ -412,12 +565,27 @@ class Studio:
             info = (f"**Variation {n}** · {score.note_num()} notes · {seconds:.0f} s · {len(new_ids)} new tokens · "
                     f"{valid:.0%} well-formed tokens · seed {settings.seed}")
             out.append({"ids": ids, "prompt_bars": prompt_bars, "midi": str(midi), "image": image, "audio": audio,
-                        "info": info, "notes": score.note_num()})
+                        "info": info, "notes": score.note_num(), "new_tokens": len(new_ids)})
         instruments = describe_instruments(settings.programs) if settings.programs else "any instrument"
+        key = f" · {settings.key}" if settings.key else ""
         summary = (f"{label} · {settings.genre if settings.genre != UNKNOWN_GENRE else 'any genre'} · "
-                   f"{instruments} · T={settings.temperature:g}")
+                   f"{instruments}{key} · T={settings.temperature:g}")
         return {"label": summary, "pieces": out, "seconds": elapsed, "stopped": stopped,
-                "tokens": settings.max_new_tokens}
+                "tokens": settings.max_new_tokens, "warnings": warnings}
+
+    def sketch(self, progress: GenerationProgress, genre: str = UNKNOWN_GENRE) -> list[str]:
+        """Piano rolls (PNG paths) of the variations as generated so far, the prompt shaded: drawn while tokens
+        stream in."""
+        rows = progress.so_far()
+        if not rows:
+            return []
+        folder = self._output_folder()
+        prompt_end = self._prompt_end_tick(progress.prompt)
+        genre = "any genre" if genre == UNKNOWN_GENRE else genre
+        return [piano_roll(self.tokenizer.decode_midi(finish_sequence(self.tokenizer, ids)),
+                           prompt_end_tick=prompt_end, path=folder / f"live_{n}.png",
+                           title=f"Variation {n} · {genre} · {progress.done} of {progress.total} tokens so far")
+                for n, ids in enumerate(rows, 1)]
 
     def _clean_old_outputs(self, max_age_s: float = 6 * 3600) -> None:
         """Delete generated files older than `max_age_s` (a Space runs for days)."""
@@ -525,6 +693,21 @@ class Studio:
         return image, f"Prompt: **{prompt.label}**, {score.note_num()} notes, {len(prompt.ids)} tokens."
 
 
+def step_message(step: dict) -> str:
+    """The status line after a generation: what came out, how it ended, and what the visitor should know."""
+    n = len(step["pieces"])
+    if step["stopped"] == STOPPED_BY_REQUEST:
+        made = max((p["new_tokens"] for p in step["pieces"]), default=0)
+        what = "the variation as far as it got" if n == 1 else f"the {n} variations as far as they got"
+        message = f"⏹ Stopped: kept {what} ({made} of {step['tokens']} new tokens, {step['seconds']:.1f} s)."
+    else:
+        message = (f"✅ {n} variation{'s' if n > 1 else ''} in {step['seconds']:.1f} s "
+                   f"(up to {step['tokens']} new tokens each).")
+        if step["stopped"]:
+            message += f" ⚠️ Generation {step['stopped']}; the music is cut there."
+    return " ".join([message, *(f"⚠️ {warning}" for warning in step["warnings"])])
+
+
 # ----- the page -------------------------------------------------------------------------------------------
 
 CSS = """
@@ -552,6 +735,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
     genre_choices = [("any (unconditioned)" if g == UNKNOWN_GENRE else g, g) for g in studio.genres]
     source_choices = [(SOURCE_LABELS[s], s) for s in (NEW, UPLOAD, EXAMPLE) if s != EXAMPLE or studio.examples]
     example_choices = [(f"{p.name} — {p.genre}", p.source) for p in studio.examples]
+    example_info = f"{len(example_choices)} pieces of the corpus, by genre" + (
+        f" (none of {', '.join(studio.missing_genres)})" if studio.missing_genres else "")
     audio_line = ("" if studio.audio_ok else f"<br>🔇 Audio preview is unavailable here: {studio.audio_note}. "
                   "Piano rolls and MIDI downloads work.")
 
@@ -568,14 +753,18 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     upload = gr.File(label=f"MIDI file (up to {MAX_UPLOAD_BYTES / 2**20:.0f} MB)",
                                      file_types=list(MIDI_SUFFIXES), type="filepath", height=110)
                     example = gr.Dropdown(example_choices, value=None, label="Corpus example",
-                                          visible=bool(example_choices),
-                                          info=f"{len(example_choices)} pieces of the corpus, by genre")
+                                          visible=bool(example_choices), info=example_info)
                     bars = gr.Slider(1, MAX_PROMPT_BARS, value=4, step=1, label="Bars of the prompt to keep")
                 with gr.Group():
-                    genre = gr.Dropdown(genre_choices, value=genre_choices[min(1, len(genre_choices) - 1)][1],
-                                        label="Genre")
-                    instruments = gr.Dropdown(GM_PROGRAM_NAMES, value=[], multiselect=True, label="Instruments",
-                                              info="Empty: the model chooses. Needs the grammar constraint.")
+                    with gr.Row():
+                        genre = gr.Dropdown(genre_choices, value=genre_choices[min(1, len(genre_choices) - 1)][1],
+                                            label="Genre", scale=2)
+                        key = gr.Dropdown([ANY_KEY, *studio.keys], value=ANY_KEY, label="Key",
+                                          visible=bool(studio.keys), scale=1)
+                    instruments = gr.Dropdown(studio.instrument_names, value=[], multiselect=True,
+                                              label="Instruments", visible=bool(studio.programs),
+                                              info="Only those this model learned: it writes silence for the "
+                                                   "others. Empty: the model chooses. Needs the grammar constraint.")
                     with gr.Row():
                         tempo = gr.Slider(40, 250, value=120, step=1, label="Tempo (BPM, new pieces)")
                         time_signature = gr.Dropdown(studio.time_signatures, value="4/4" if "4/4" in
@@ -596,14 +785,14 @@ def build_demo(studio: Studio) -> gr.Blocks:
                         variations = gr.Slider(1, MAX_VARIATIONS, value=2, step=1, label="Variations")
                         constrained = gr.Checkbox(value=True, label="Grammar-constrained decoding")
                 with gr.Row():
-                    generate_btn = gr.Button("🎵 Generate", variant="primary", scale=2)
-                    stop_btn = gr.Button("Stop", variant="stop", scale=1)
+                    generate_btn = gr.Button("🎵 Generate", variant="primary", scale=3)
+                    stop_btn = gr.Button("⏹ Stop & keep", variant="stop", scale=2)
                 preview_image = gr.Image(label="Prompt preview", show_label=False, type="filepath",
                                          interactive=False, visible=False, buttons=["fullscreen"])
                 preview_text = gr.Markdown("Starting from an empty first bar (time signature and tempo below).")
 
             with gr.Column(scale=3, min_width=420):
-                status = gr.Markdown("Choose a prompt and press **Generate**.", elem_classes="status")
+                status = gr.Markdown("Choose a prompt and press **Generate**.", label="Status", elem_classes="status")
                 with gr.Row(equal_height=True, elem_classes="actions"):
                     variation = gr.Radio(["1"], value="1", label="Variation", scale=2, min_width=160)
                     continue_btn = gr.Button("➕ Continue", interactive=False, scale=1, min_width=100)
@@ -616,21 +805,35 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 slots = []
                 for i in range(MAX_VARIATIONS):
                     with gr.Column(visible=False, elem_classes="variation") as box:
-                        info = gr.Markdown()
-                        image = gr.Image(type="filepath", interactive=False, show_label=False,
-                                         buttons=["download", "fullscreen"])
+                        info = gr.Markdown(label=f"About variation {i + 1}")
+                        image = gr.Image(type="filepath", interactive=False, label=f"Piano roll {i + 1}",
+                                         show_label=False, buttons=["download", "fullscreen"])
                         with gr.Row():
                             audio = gr.Audio(type="filepath", interactive=False, label=f"Listen {i + 1}",
                                              visible=studio.audio_ok, scale=3, buttons=["download"])
                             midi = gr.File(label=f"MIDI {i + 1}", interactive=False, scale=2, height=90)
                     slots.append((box, info, image, audio, midi))
-                timeline = gr.Markdown("")
+                timeline = gr.Markdown("", label="History")
 
-        settings_inputs = [genre, instruments, tempo, time_signature, length, temperature, top_k, top_p, seed,
+        settings_inputs = [genre, instruments, key, tempo, time_signature, length, temperature, top_k, top_p, seed,
                            variations, constrained]
+        for choice in (example, bars, *settings_inputs):
+            naming_the_field(choice)
         slot_outputs = [c for slot in slots for c in slot]
         outputs = [history, status, timeline, variation, continue_btn, undo_btn, similar_btn, similar_table,
                    *slot_outputs]
+        running: dict[str, GenerationProgress] = {}  # the generation each session has under way, for Stop
+
+        def reporting_errors(handler):
+            """Generate and continue: an error goes into the status line too (its toast goes away)."""
+            @functools.wraps(handler)
+            def wrapper(*args, **kwargs):
+                try:
+                    yield from handler(*args, **kwargs)
+                except gr.Error as e:
+                    yield [gr.skip(), f"⚠️ {e.message}"] + [gr.skip()] * (len(outputs) - 2)
+                    raise
+            return wrapper
 
         def show(hist: list[dict], message: str) -> list:
             """Component values for a history: the last step's variations, the timeline, the buttons."""
@@ -651,14 +854,29 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     values += [gr.Column(visible=False), "", None, None, None]
             return values
 
+        def live(line: str, images: list[str]) -> list:
+            """Component values while generating: the progress line, and the piano rolls so far if just drawn."""
+            values = [gr.skip(), line] + [gr.skip()] * (len(outputs) - 2 - len(slot_outputs))
+            for i in range(MAX_VARIATIONS):
+                if not images:
+                    values += [gr.skip()] * 5
+                elif i < len(images):
+                    values += [gr.Column(visible=True), f"**Variation {i + 1}** · being written…", images[i], None,
+                               None]
+                else:
+                    values += [gr.Column(visible=False), "", None, None, None]
+            return values
+
         def progress_line(done: int, total: int, text: str) -> str:
             filled = round(12 * done / max(total, 1))
             return f"⏳ `{'█' * filled}{'░' * (12 - filled)}` {text}"
 
-        def run(work, settings: Settings):
-            """Run `work(progress_criteria, notify)` in a thread; yield status lines until it returns a history
-            (the other outputs keep showing the previous result meanwhile)."""
+        def run(work, settings: Settings, session: str):
+            """Run `work(progress_criteria, notify)` in a thread; yield the progress line meanwhile, with the piano
+            rolls so far every LIVE_ROLL_EVERY tokens, then the history it returns. Stop (`on_stop`) ends the
+            generation early, and the result keeps what was made."""
             tracker = GenerationProgress(settings.max_new_tokens)
+            running[session] = tracker
             phase = {"render": None}
             result: dict = {}
 
@@ -671,10 +889,12 @@ def build_demo(studio: Studio) -> gr.Blocks:
             thread = threading.Thread(target=target, daemon=True)
             t0 = time.perf_counter()
             thread.start()
+            drawn = 0
             try:
                 while thread.is_alive():
                     thread.join(0.5)
                     seconds = time.perf_counter() - t0
+                    images = []
                     if phase["render"]:
                         n, total = phase["render"]
                         line = progress_line(n - 1, total, f"drawing and rendering variation {n} of {total} · "
@@ -683,48 +903,63 @@ def build_demo(studio: Studio) -> gr.Blocks:
                         line = progress_line(tracker.done, settings.max_new_tokens,
                                              f"generating: {tracker.done} / {settings.max_new_tokens} tokens · "
                                              f"{seconds:.0f} s")
-                    yield [gr.skip(), line] + [gr.skip()] * (len(outputs) - 2)
+                        if tracker.done - drawn >= LIVE_ROLL_EVERY:
+                            drawn = tracker.done
+                            images = studio.sketch(tracker, settings.genre)
+                    yield live(line, images)
             finally:
-                if thread.is_alive():  # the visitor left or pressed Stop: stop the model too
+                if running.get(session) is tracker:
+                    del running[session]
+                if thread.is_alive():  # the visitor left: stop the model too
                     logger.info("generation cancelled after %d tokens", tracker.done)
-                tracker.cancel.set()
+                    tracker.cancel.set()
             if "error" in result:
                 error = result["error"]
                 if isinstance(error, gr.Error):
                     raise error
                 logger.error("generation failed", exc_info=error)
-                raise gr.Error(f"Generation failed: {type(error).__name__}: {error}")
+                raise user_error(f"{type(error).__name__}: {error}", title="Generation failed")
             hist = result["history"]
-            step = hist[-1]
-            n = len(step["pieces"])
-            message = (f"✅ {n} variation{'s' if n > 1 else ''} in {step['seconds']:.1f} s "
-                       f"(up to {step['tokens']} new tokens each).")
-            if step["stopped"]:
-                message += f" ⚠️ Generation {step['stopped']}; the music is cut there."
-            yield show(hist, message)
+            yield show(hist, step_message(hist[-1]))
 
-        def on_generate(hist, prompt_source, midi_file, corpus_example, prompt_bars, genre, instruments, tempo,
-                        time_signature, length, temperature, top_k, top_p, seed, variations, constrained):
+        @reporting_errors
+        def on_generate(hist, prompt_source, prompt_bars, genre, instruments, key, tempo, time_signature, length,
+                        temperature, top_k, top_p, seed, variations, constrained, midi_file=None,
+                        corpus_example=None, request: gr.Request = None):
+            """Generate variations from a new piece, an uploaded MIDI file or a corpus example."""
             settings = studio.settings(genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
-                                       seed, variations, constrained)
+                                       seed, variations, constrained, key)
             prompt = (prompt_source, midi_file, corpus_example, prompt_bars)
             studio.read_prompt(*prompt)  # fail fast on a bad upload, before the thread starts
             yield from run(lambda tracker, notify: studio.generate(hist, *prompt, settings, tracker, notify),
-                           settings)
+                           settings, request.session_hash)
 
-        def on_continue(hist, variation, genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
-                        seed, variations, constrained):
+        @reporting_errors
+        def on_continue(hist, variation, genre, instruments, key, tempo, time_signature, length, temperature, top_k,
+                        top_p, seed, variations, constrained, request: gr.Request = None):
+            """Continue one variation of the last result (the whole piece is the prompt)."""
             settings = studio.settings(genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
-                                       seed, variations, constrained)
+                                       seed, variations, constrained, key)
             studio.current_piece(hist, int(variation or 1))
             yield from run(lambda tracker, notify: studio.continue_piece(hist, int(variation or 1), settings,
-                                                                         tracker, notify), settings)
+                                                                         tracker, notify),
+                           settings, request.session_hash)
+
+        def on_stop(request: gr.Request):
+            """Stop this session's generation; the result keeps the tokens generated so far."""
+            tracker = running.get(request.session_hash)
+            if tracker is None:
+                return gr.skip()
+            tracker.cancel.set()
+            return "⏹ Stopping: keeping what was made so far…"
 
         def on_undo(hist):
+            """Go back one step."""
             hist = studio.undo(hist)
             return show(hist, "↩ Back one step." if hist else "↩ Back to the start.")
 
         def on_similar(hist, variation):
+            """The corpus pieces nearest to a variation of the last result."""
             rows = studio.find_similar(hist, int(variation or 1))
             return gr.Dataframe(value=rows, visible=True)
 
@@ -732,7 +967,11 @@ def build_demo(studio: Studio) -> gr.Blocks:
             if (src == UPLOAD and not up) or (src == EXAMPLE and not ex):
                 return gr.Image(value=None, visible=False), ("Upload a MIDI file." if src == UPLOAD else
                                                              "Choose a corpus example.")
-            image, text = studio.preview(src, up, ex, nbars)
+            try:
+                image, text = studio.preview(src, up, ex, nbars)
+            except gr.Error as e:  # said next to the prompt; Generate refuses it with the same message
+                return gr.Image(value=None, visible=False), (f"⚠️ {e.message} This prompt cannot be used: Generate "
+                                                             "will refuse it.")
             return gr.Image(value=image, visible=image is not None), text
 
         def on_upload(src, up, ex, nbars):
@@ -743,13 +982,12 @@ def build_demo(studio: Studio) -> gr.Blocks:
             src = EXAMPLE if ex else src
             return src, *on_preview(src, up, ex, nbars)
 
-        gen_event = generate_btn.click(on_generate, [history, source, upload, example, bars, *settings_inputs],
-                                       outputs, api_name="generate", concurrency_id="model", show_progress="minimal")
-        cont_event = continue_btn.click(on_continue, [history, variation, *settings_inputs], outputs,
-                                        api_name="continue", concurrency_id="model", show_progress="minimal")
-        stop_btn.click(lambda: "⏹ Stopped. The previous result, if any, is still below.", None, status,
-                       cancels=[gen_event, cont_event], queue=False, api_name=False)
-        undo_btn.click(on_undo, [history], outputs, api_name="undo")
+        generate_btn.click(on_generate, [history, source, bars, *settings_inputs, upload, example], outputs,
+                           api_name="generate", concurrency_id="model", show_progress="hidden")
+        continue_btn.click(on_continue, [history, variation, *settings_inputs], outputs, api_name="continue",
+                           concurrency_id="model", show_progress="hidden")
+        stop_btn.click(on_stop, None, status, queue=False, api_name="stop", show_progress="hidden")
+        undo_btn.click(on_undo, [history], outputs, api_name="undo", show_progress="hidden")
         similar_btn.click(on_similar, [history, variation], [similar_table], api_name="find_similar",
                           concurrency_id="model")
         preview_inputs = [source, upload, example, bars]

@@ -1,6 +1,7 @@
-"""The Gradio Space: handlers as plain functions on real corpus pieces with a tiny random model, the app served on
-localhost and driven by gradio_client, and (marked `browser`) the page in headless Chromium. The renderers are
-tested in tests/test_render.py."""
+"""The Gradio Space: handlers as plain functions on real corpus pieces with a tiny random model (taught to play
+piano and choir only, like a model trained on the corpus), the app served on localhost and driven by
+gradio_client, and (marked `browser`) the page in headless Chromium. The renderers are tested in
+tests/test_render.py."""
 
 from __future__ import annotations
 
@@ -22,11 +23,12 @@ pytest.importorskip("matplotlib")
 import symusic  # noqa: E402
 
 from music_hf.generation import cut_bars  # noqa: E402
-from music_hf.render import audio_available, wav_peak  # noqa: E402
+from music_hf.render import GM_PROGRAM_NAMES, audio_available, wav_peak  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "space" / "app.py"
 AUDIO_OK = audio_available()[0]
+LEARNED = {0: "Acoustic Grand Piano", 52: "Choir Aahs"}  # the corpus's instruments: ~85 % piano, ~15 % choir
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage",
                 "--disable-extensions", "--no-first-run"]
 
@@ -45,20 +47,33 @@ def app():
     return load_app()
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
+def save_tiny_model(path: Path, **config_overrides) -> str:
+    """A random model (one layer, 32 wide unless overridden) that plays only the LEARNED programs, as one trained on
+    the corpus does: one hidden unit after the final norm is a constant, and every Program token's (tied) embedding
+    on that unit is high for those programs and low for the others, so their logits sit about 6 above or below the
+    other tokens'."""
     import torch
 
     from music_hf import MusicConfig, MusicForCausalLM, MusicTokenizer
 
     tokenizer = MusicTokenizer()
-    config = MusicConfig.from_tokenizer(tokenizer, genres=["chorale", "folk song"], hidden_size=32,
-                                        num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    sizes = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    config = MusicConfig.from_tokenizer(tokenizer, genres=["chorale", "folk song"], **sizes | config_overrides)
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-model")
-    MusicForCausalLM(config).save_pretrained(path)
+    model = MusicForCausalLM(config)
+    program_ids = tokenizer.kind_ids("Program")
+    with torch.no_grad():
+        model.model.norm.norm.weight[0], model.model.norm.norm.bias[0] = 0.0, 2.5
+        for i, program in zip(program_ids, tokenizer.token_table.value[program_ids]):
+            model.get_input_embeddings().weight[i, 0] = 2.5 if int(program) in LEARNED else -2.5
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +102,21 @@ def studio(app, tiny_model, corpus_dir, tmp_path_factory):
                       cache_dir=str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture(scope="module")
+def demo(app, studio):
+    return app.build_demo(studio)
+
+
+def component(demo, label: str):
+    """The component of the page with this label."""
+    return next(b for b in demo.blocks.values() if getattr(b, "label", None) == label)
+
+
+def handler(demo, name: str):
+    """The function an event of the page runs, by its name (on_upload...)."""
+    return next(f.fn for f in demo.fns.values() if f.name == name)
+
+
 @pytest.fixture
 def quiet_studio(studio, monkeypatch):
     """The studio without audio rendering, for tests about something else (rendering audio takes seconds)."""
@@ -105,18 +135,24 @@ def programs_of(score: symusic.Score) -> set[int]:
     return {128 if t.is_drum else int(t.program) for t in score.tracks if len(t.notes)}
 
 
+def notes_of(score: symusic.Score) -> list[tuple[int, int, int]]:
+    """(onset tick, program, pitch) of every note, sorted."""
+    return sorted((int(n.time), 128 if t.is_drum else int(t.program), int(n.pitch)) for t in score.tracks
+                  for n in t.notes)
+
+
 # ----- handlers as plain functions -----------------------------------------------------------------------
 
 def test_generate_from_nothing_honours_instruments_time_signature_and_tempo(studio):
-    settings = quick(studio, instruments=["Violin", "Drums"], time_signature="3/4", tempo=90, variations=2)
+    settings = quick(studio, instruments=list(LEARNED.values()), time_signature="3/4", tempo=90, variations=2)
     history = studio.generate([], "new", settings=settings)
     assert len(history) == 1 and len(history[0]["pieces"]) == 2
-    assert "3/4" in history[0]["label"] and "Violin and Drums" in history[0]["label"]
+    assert "3/4" in history[0]["label"] and "Acoustic Grand Piano and Choir Aahs" in history[0]["label"]
     notes = 0
     for piece in history[0]["pieces"]:
         score = symusic.Score(piece["midi"])
         notes += score.note_num()
-        assert programs_of(score) <= {40, 128}
+        assert programs_of(score) <= set(LEARNED)
         assert (score.time_signatures[0].numerator, score.time_signatures[0].denominator) == (3, 4)
         assert piece["prompt_bars"] == 0
         assert Path(piece["image"]).read_bytes()[:4] == b"\x89PNG"
@@ -262,10 +298,161 @@ def test_missing_model_says_what_to_run(app, tmp_path):
             app.load_model(app.DEFAULT_MODEL)
 
 
-def test_the_page_builds(app, studio):
-    demo = app.build_demo(studio)
+def test_the_page_builds(demo):
     apis = {fn.api_name for fn in demo.fns.values()}
-    assert {"generate", "continue", "undo", "find_similar"} <= apis
+    assert {"generate", "continue", "stop", "undo", "find_similar"} <= apis
+
+
+# ----- what a visitor hit in the browser ---------------------------------------------------------------------
+
+def test_only_the_instruments_the_model_learned_are_offered(app, studio, demo):
+    import torch
+
+    from music_hf import MusicForCausalLM
+
+    assert studio.programs == sorted(LEARNED)  # measured from the model's Program-token probabilities
+    torch.manual_seed(0)
+    untrained = MusicForCausalLM(studio.model.config).eval()  # every program near chance: none counts as learned
+    assert app.learned_programs(untrained, studio.tokenizer, studio._program_contexts()) == []
+    assert [value for _, value in component(demo, "Instruments").choices] == list(LEARNED.values())
+    assert "instruments it learned: Acoustic Grand Piano, Choir Aahs" in studio.summary()
+    with pytest.raises(gr.Error, match="never learned to play Violin: it would write silence. It plays "
+                                       "Acoustic Grand Piano, Choir Aahs") as err:
+        studio.settings(instruments=["Violin"])
+    assert err.value.title == "Instrument not learned"
+
+
+def test_every_offered_instrument_plays_notes_of_its_own(quiet_studio, demo, chorale_midi):
+    offered = [value for _, value in component(demo, "Instruments").choices]
+    assert offered
+    for name in offered:  # from nothing: every note is in the chosen program, and there are notes
+        history = quiet_studio.generate([], "new", settings=quick(quiet_studio, instruments=[name], max_new_tokens=64))
+        score = symusic.Score(history[-1]["pieces"][0]["midi"])
+        assert score.note_num() > 0 and programs_of(score) == {GM_PROGRAM_NAMES.index(name)}, name
+    # a piano chorale continued by the choir: the choir's notes are new ones
+    prompt = quiet_studio.tokenizer.decode_midi(cut_bars(quiet_studio.tokenizer,
+                                                         quiet_studio.tokenizer.encode_score(chorale_midi), 2))
+    history = quiet_studio.generate([], "upload", chorale_midi, bars=2,
+                                    settings=quick(quiet_studio, instruments=["Choir Aahs"], max_new_tokens=64))
+    assert 52 not in programs_of(prompt) and 52 in programs_of(symusic.Score(history[-1]["pieces"][0]["midi"]))
+
+
+def test_a_rejected_upload_is_said_and_generate_refuses_it(quiet_studio, demo, chorale_midi, tmp_path):
+    bad = tmp_path / "broken.mid"
+    bad.write_bytes(Path(chorale_midi).read_bytes()[:60])
+    source, image, text = handler(demo, "on_upload")("new", str(bad), None, 4)
+    assert source == "upload"  # "Start from" follows the upload, so Generate uses it
+    assert "Unreadable MIDI" in text and "corrupt or truncated" in text and "Generate will refuse it" in text
+    with pytest.raises(gr.Error, match="corrupt or truncated"):
+        quiet_studio.generate([], source, str(bad), settings=quick(quiet_studio))
+
+
+def test_the_prompt_marker_sits_where_generation_began(quiet_studio, app, chorale_midi, monkeypatch):
+    drawn = []  # the marker of every piano roll
+    real_piano_roll = app.piano_roll
+
+    def spy(score, prompt_end_tick=None, **kwargs):
+        drawn.append(prompt_end_tick)
+        return real_piano_roll(score, prompt_end_tick=prompt_end_tick, **kwargs)
+
+    monkeypatch.setattr(app, "piano_roll", spy)
+    first = quiet_studio.generate([], "upload", chorale_midi, bars=2, settings=quick(quiet_studio, max_new_tokens=48))
+    longer = quiet_studio.continue_piece(first, 1, quick(quiet_studio, max_new_tokens=96))
+    cases = [(cut_bars(quiet_studio.tokenizer, quiet_studio.tokenizer.encode_score(chorale_midi), 2), first, drawn[0]),
+             (first[-1]["pieces"][0]["ids"][1:], longer, drawn[1])]  # the second: a piece that stops mid-bar
+    for prompt, history, marker in cases:
+        before = notes_of(quiet_studio.tokenizer.decode_midi(prompt))
+        after = notes_of(symusic.Score(history[-1]["pieces"][0]["midi"]))
+        assert before and len(after) > len(before) and marker is not None
+        assert max(t for t, _, _ in before) <= marker  # every prompt note starts in the shaded part
+        assert [n for n in after if n[0] < marker] == [n for n in before if n[0] < marker]  # no new note does
+
+
+def test_input_errors_name_the_field(demo):
+    with pytest.raises(gr.Error) as err:
+        component(demo, "Variations").preprocess(0)
+    assert err.value.message == "Variations — Value 0 is less than minimum value 1."
+    with pytest.raises(gr.Error) as err:
+        component(demo, "Instruments").preprocess(["Violin"])
+    assert err.value.message.startswith("Instruments — ") and "Violin" in err.value.message
+
+
+def test_a_prompt_cut_to_fit_the_context_is_said(app, corpus_dir, chorale_midi, tmp_path):
+    studio = app.Studio(save_tiny_model(tmp_path / "short", max_position_embeddings=160), corpus_dir=corpus_dir,
+                        output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
+    studio.audio_ok = False
+    prompt = studio.read_prompt("upload", chorale_midi, None, 8).ids
+    assert len(prompt) > 160
+    step = studio.generate([], "upload", chorale_midi, bars=8, settings=quick(studio, max_new_tokens=100))[-1]
+    message = app.step_message(step)
+    assert f"it saw only the last 59 of the prompt's {len(prompt)}" in message  # 160 - BOS - 100 new
+    assert "keep fewer bars" in message
+    step = studio.generate([], "upload", chorale_midi, bars=1, settings=quick(studio, max_new_tokens=48))[-1]
+    assert step["warnings"] == [] and "⚠️" not in app.step_message(step)
+
+
+def test_genres_without_a_corpus_example_are_named(app, tiny_model, corpus_dir, tmp_path):
+    import json
+
+    from music_hf.corpus import MANIFEST_NAME, load_manifest
+
+    chorales = tmp_path / "corpus"
+    chorales.mkdir()
+    rows = [dict(path=e.path, genre=e.genre, collection=e.collection, source=e.source)
+            for e in load_manifest(corpus_dir).entries if e.genre == "chorale"]
+    (chorales / MANIFEST_NAME).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    studio = app.Studio(tiny_model, corpus_dir=str(chorales), output_dir=str(tmp_path / "out"),
+                        cache_dir=str(tmp_path / "cache"))
+    assert studio.missing_genres == ["folk song"]
+    assert "no piece of the genre folk song" in studio.summary()
+    assert "(none of folk song)" in component(app.build_demo(studio), "Corpus example").info
+
+
+def test_the_key_is_a_control_token_of_the_prompt(quiet_studio, app, demo, monkeypatch):
+    calls = []
+    real_generate_music = app.generate_music
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real_generate_music(*args, **kwargs)
+
+    monkeypatch.setattr(app, "generate_music", spy)
+    keys = [value for _, value in component(demo, "Key").choices]
+    assert keys[0] == "any" and "D minor" in keys and "Eb major" in keys and len(keys) == 25
+    step = quiet_studio.generate([], "new", settings=quick(quiet_studio, key="D minor"))[-1]
+    assert calls[-1]["controls"] == {"key": "D minor"} and "D minor" in step["label"]
+    assert symusic.Score(step["pieces"][0]["midi"]).note_num() > 0
+    quiet_studio.generate([], "new", settings=quick(quiet_studio, key="any"))
+    assert calls[-1]["controls"] is None
+    with pytest.raises(gr.Error, match="Unknown key 'H major'"):
+        quiet_studio.settings(key="H major")
+
+
+def test_stop_keeps_what_was_made_and_the_roll_draws_while_tokens_stream_in(quiet_studio, app, demo):
+    from types import SimpleNamespace
+
+    visitor = SimpleNamespace(session_hash="visitor")  # what Gradio passes as the gr.Request
+    slow = quiet_studio.model.register_forward_pre_hook(lambda *_: time.sleep(0.005))  # 1008 tokens: over 5 s
+    try:
+        run = handler(demo, "on_generate")(
+            hist=[], prompt_source="new", prompt_bars=4, genre="chorale", instruments=[], key="any", tempo=120,
+            time_signature="4/4", length=1008, temperature=1.0, top_k=0, top_p=1.0, seed=0, variations=1,
+            constrained=True, request=visitor)
+        for values in run:  # progress lines, then a piano roll of what is written so far
+            live = [v for v in values if isinstance(v, str) and v.endswith("live_1.png")]
+            if live:
+                break
+        assert live and Path(live[0]).read_bytes()[:4] == b"\x89PNG"
+        assert handler(demo, "on_stop")(visitor).startswith("⏹ Stopping")
+        *_, values = run
+    finally:
+        slow.remove()
+    history, status = values[0], values[1]
+    piece = history[-1]["pieces"][0]
+    assert status.startswith("⏹ Stopped: kept the variation as far as it got")
+    assert history[-1]["stopped"] == "stopped by request"
+    assert app.LIVE_ROLL_EVERY <= piece["new_tokens"] < 1008, status
+    assert symusic.Score(piece["midi"]).note_num() > 0 and f"({piece['new_tokens']} of 1008 new tokens" in status
 
 
 # ----- the app served on localhost -----------------------------------------------------------------------
@@ -277,13 +464,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served_app(tiny_model, corpus_dir, tmp_path_factory):
-    """`python space/app.py` on a free port, as a visitor would start it; yields its URL."""
+def served_app(corpus_dir, tmp_path_factory):
+    """`python space/app.py` on a free port, as a visitor would start it; yields its URL. Its model is wider and
+    deeper than the handlers' (a few ms a token) so that a visitor can press Stop while it writes."""
     port = _free_port()
     tmp = tmp_path_factory.mktemp("served")
-    env = dict(os.environ, MODEL_ID=tiny_model, CORPUS_DIR=corpus_dir, GRADIO_SERVER_PORT=str(port),
+    model = save_tiny_model(tmp / "model", hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                            intermediate_size=512)
+    env = dict(os.environ, MODEL_ID=model, CORPUS_DIR=corpus_dir, GRADIO_SERVER_PORT=str(port),
                GRADIO_SERVER_NAME="127.0.0.1", GRADIO_ANALYTICS_ENABLED="False", MUSIC_HF_CACHE=str(tmp / "cache"),
-               GRADIO_TEMP_DIR=str(tmp / "gradio"), MAX_NEW_TOKENS="256")
+               GRADIO_TEMP_DIR=str(tmp / "gradio"), MAX_NEW_TOKENS="1024")
     log_path = tmp / "app.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, str(APP)], env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -314,7 +504,7 @@ def served_app(tiny_model, corpus_dir, tmp_path_factory):
 def _outputs(result) -> dict[str, list]:
     """The generate/continue/undo outputs, grouped by what they are."""
     files = [v for v in result if isinstance(v, str) and os.path.isfile(v)]
-    return {"status": [v for v in result if isinstance(v, str) and v.startswith(("✅", "↩"))],
+    return {"status": [v for v in result if isinstance(v, str) and v.startswith(("✅", "↩", "⏹"))],
             "midi": [f for f in files if f.endswith(".mid")], "image": [f for f in files if f.endswith(".png")],
             "audio": [f for f in files if f.endswith(".wav")]}
 
@@ -353,6 +543,25 @@ def test_served_app_generates_continues_and_undoes(served_app, chorale_midi, tmp
                        api_name="/generate", **settings)
 
 
+def test_every_endpoint_is_callable_with_its_defaults_and_names_its_outputs(served_app):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(served_app, verbose=False)
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/generate", "/continue", "/stop", "/undo", "/find_similar"} <= set(api)
+    for name, endpoint in api.items():
+        assert [p["parameter_name"] for p in endpoint["parameters"] if not p["parameter_has_default"]] == [], name
+        assert [r["label"] for r in endpoint["returns"] if re.fullmatch(r"value_\d+", r["label"] or "")] == [], name
+    labels = [r["label"] for r in api["/generate"]["returns"]]
+    assert labels[:3] == ["Status", "History", "Variation"] and "Piano roll 1" in labels and "MIDI 1" in labels
+    out = dict(zip(labels, client.predict(api_name="/generate")))  # a new piece, every setting at its default
+    assert out["Status"].startswith("✅") and symusic.Score(out["MIDI 1"]).note_num() > 0
+    client.predict(api_name="/stop")  # nothing under way: nothing to stop, and no error
+    with pytest.raises(AppError, match="Variations — Value 0 is less than minimum value 1"):
+        client.predict(variations=0, api_name="/generate")
+
+
 # ----- a real browser ----------------------------------------------------------------------------------
 
 @pytest.mark.browser
@@ -371,11 +580,22 @@ def test_the_page_in_a_real_browser(served_app, chorale_midi, tmp_path):
             page.goto(served_app, wait_until="load")
             generate = page.get_by_role("button", name=re.compile("Generate"))
             expect(generate).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("instruments it learned: Acoustic Grand Piano, Choir Aahs")).to_be_visible()
+            page.get_by_label("Instruments").click()  # only what the model learned is offered
+            expect(page.get_by_role("option")).to_have_count(len(LEARNED))
+            page.get_by_role("heading", name=re.compile("music-hf Studio")).click()
 
             page.locator("input[type=file]").first.set_input_files(chorale_midi)
             expect(page.get_by_text("Prompt: bwv66.6.mid (first 4 bars)")).to_be_visible(timeout=60_000)
-            generate.click()
-            expect(page.get_by_text("well-formed tokens").first).to_be_visible(timeout=120_000)
+            length = page.get_by_label("number input for Length (new tokens)")
+            length.fill("1008")
+            length.press("Enter")
+            generate.click()  # the piano roll draws while the tokens come, and Stop keeps what was made
+            expect(page.locator("img[src*='live_1']").first).to_be_visible(timeout=120_000)
+            page.get_by_role("button", name=re.compile("Stop")).click()
+            expect(page.get_by_text("Stopped: kept the 2 variations as far as they got")).to_be_visible(timeout=120_000)
+            expect(page.get_by_text("it saw only the last")).to_be_visible()  # 4 bars + 1008 tokens > the context
+            expect(page.get_by_text("well-formed tokens").first).to_be_visible(timeout=30_000)
             expect(page.locator("img[src*='roll_1']").first).to_be_visible(timeout=30_000)
             if AUDIO_OK:
                 expect(page.get_by_test_id("waveform-Listen 1")).to_be_visible(timeout=30_000)
@@ -385,9 +605,19 @@ def test_the_page_in_a_real_browser(served_app, chorale_midi, tmp_path):
             page.wait_for_timeout(1000)  # let images and waveforms finish drawing
             page.screenshot(path=str(artifacts / "space.png"), full_page=True)
 
-            page.get_by_role("button", name="Clear").first.click()  # empty the upload box, then a broken file
+            # a rejected upload is said at once, "Start from" follows it, and Generate refuses it with its title
+            page.get_by_role("button", name="Clear").first.click()
             expect(page.get_by_text("Upload a MIDI file.")).to_be_visible(timeout=30_000)
             page.locator("input[type=file]").first.set_input_files(str(bad))
-            expect(page.get_by_text("corrupt or truncated MIDI").first).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("This prompt cannot be used").first).to_be_visible(timeout=60_000)
+            expect(page.get_by_label("My MIDI file")).to_be_checked()
+            generate.click()
+            toast = page.get_by_test_id("toast-body")
+            expect(toast.get_by_text("Unreadable MIDI — Could not use broken.mid")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("⚠️ Unreadable MIDI — Could not use broken.mid").first).to_be_visible()
+            expect(page.get_by_text("From bwv66.6.mid (first 4 bars)")).to_have_count(1)  # no new step
+            badges = page.locator("[data-testid=status-tracker]:not(.hide)").get_by_text("Error", exact=True)
+            expect(badges).to_have_count(0)
+            page.screenshot(path=str(artifacts / "space-rejected-upload.png"), full_page=True)
         finally:
             browser.close()
