@@ -380,7 +380,7 @@ def _programs_of(tokenizer: MusicTokenizer, ids: Sequence[int]) -> set[int]:
     return {int(t.program_set[i]) for i in ids if t.kind[i] == KIND_INDEX["Program"]}
 
 
-def _check_setup(model: Any, tokenizer: MusicTokenizer) -> dict[str, int]:
+def check_composition_setup(model: Any, tokenizer: MusicTokenizer) -> dict[str, int]:
     """The infill ids, after checking that the tokenizer and the model can compose."""
     if tokenizer.tokenization != "REMI":
         raise ValueError(f"infilling and accompaniment work bar by bar over REMI tokens; this tokenizer is "
@@ -470,7 +470,7 @@ def infill_piece(model: Any, tokenizer: MusicTokenizer, piece: Any, bars: tuple[
     """`infill_music` with the ids: regenerate bars [start, end) of `piece` (all of them, or only the notes of
     `programs` there), everything else kept as it is."""
     source = _source_name(piece)
-    infill = _check_setup(model, tokenizer)
+    infill = check_composition_setup(model, tokenizer)
     control, tempo = _control_split(tokenizer, controls, source)
     if tempo is not None:
         raise MusicFileError(source, "controls: tempo is not a control when infilling (the piece keeps its own)")
@@ -576,7 +576,7 @@ def accompany_piece(model: Any, tokenizer: MusicTokenizer, piece: Any, program: 
                     **sampling: Any) -> ComposedPiece:
     """`accompany` with the ids."""
     source = _source_name(piece)
-    _check_setup(model, tokenizer)
+    check_composition_setup(model, tokenizer)
     control, tempo = _control_split(tokenizer, controls, source)
     if tempo is not None:
         raise MusicFileError(source, "controls: tempo is not a control when accompanying (the piece keeps its own)")
@@ -641,5 +641,5 @@ def accompany(model: Any, tokenizer: MusicTokenizer, piece: Any, program: int,
     return accompany_piece(model, tokenizer, piece, program, controls, **sampling).score
 
 
-__all__ = ["InfillLogitsProcessor", "InterleaveLogitsProcessor", "ComposedPiece", "infill_music", "infill_piece",
-           "accompany", "accompany_piece"]
+__all__ = ["InfillLogitsProcessor", "InterleaveLogitsProcessor", "ComposedPiece", "check_composition_setup",
+           "infill_music", "infill_piece", "accompany", "accompany_piece"]

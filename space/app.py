@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""music-hf Studio: generate, continue and compare symbolic music in the browser (a Gradio app).
+"""music-hf Studio: generate, continue, edit and compare symbolic music in the browser (a Gradio app).
 
     python space/app.py                      # the model trained by the README's main job (outputs/small)
     MODEL_ID=org/name python space/app.py    # a model on the Hub, or MODEL_ID=path/to/folder
 
 The same file is the `app_file` of the Hugging Face Space in this folder. Everything a visitor can do is a
-plain method of `Studio` (tests call them directly); `build_demo` lays out the page and wires events, and runs
-a generation in a thread so that the piano rolls draw while tokens come in and Stop keeps what was made.
+plain method of `Studio` (tests call them directly): generate, continue, regenerate some bars (`infill_piece`),
+add a part (`accompany_piece`), undo, find similar pieces, with the controls (key, density, polyphony, pitch
+range) and classifier-free guidance. `build_demo` lays out the page and wires events, and runs the model in a
+thread so that the piano rolls draw while tokens come in and Stop keeps what was made.
 Settings come from the environment: MODEL_ID, CORPUS_DIR, MAX_NEW_TOKENS, GENERATION_TIMEOUT_S,
 MAX_UPLOAD_MB, QUEUE_SIZE, MUSIC_HF_SOUNDFONT, and Gradio's own (GRADIO_SERVER_PORT, GRADIO_SERVER_NAME).
 """
@@ -44,10 +46,12 @@ import music_hf  # noqa: E402,F401  (registers the Auto classes)
 from music_hf import MusicFileError  # noqa: E402
 from music_hf.configuration_music import UNKNOWN_GENRE  # noqa: E402
 from music_hf.corpus import MANIFEST_NAME, default_cache_dir  # noqa: E402
-from music_hf.tokenization_music import KEY_MODES, KEY_TONICS, KIND_INDEX, MIDI_SUFFIXES  # noqa: E402
+from music_hf.tokenization_music import (CONTROL_NAMES, KEY_MODES, KEY_TONICS, KIND_INDEX,  # noqa: E402
+                                         MIDI_SUFFIXES)
+from music_hf.composition import check_composition_setup, accompany_piece, infill_piece  # noqa: E402
 from music_hf.generation import cpu_threads_for, cut_bars, finish_sequence, generate_music, prompt_ids  # noqa: E402
-from music_hf.render import (GM_PROGRAM_NAMES, audio_available, bar_end_tick, describe_instruments,  # noqa: E402
-                             piano_roll, program_name, render_audio)
+from music_hf.render import (GM_PROGRAM_NAMES, audio_available, bar_end_tick, bar_starts,  # noqa: E402
+                             describe_instruments, piano_roll, pitch_name, program_name, render_audio)
 
 logger = logging.getLogger("music_hf.space")
 
@@ -63,6 +67,12 @@ MAX_PROMPT_BARS = 32
 LIVE_ROLL_EVERY = 64  # new tokens between two drawings of the piano roll while a generation runs
 LEARNED_SHARE = 2.0  # a program counts as learned at this many times the chance share of the Program tokens
 ANY_KEY = "any"
+ANY = "any"  # a control left to the model
+CONTROL_LABELS = {"key": "Key", "density": "Notes per bar", "polyphony": "Notes at once",
+                  "pitch_range": "Pitch range"}
+CONTROL_SAMPLES = {"key": "C major", "density": 0, "polyphony": 1, "pitch_range": (60, 60)}  # to probe the tokenizer
+DENSITY_CHOICES = ["1", "2", "4", "6", "8", "12", "16", "24", "32"]  # one per Density bin (notes per bar)
+POLYPHONY_CHOICES = ["1", "2", "3", "4", "5", "6"]  # 6 = 6 or more
 STOPPED_BY_REQUEST = "stopped by request"
 
 NEW, UPLOAD, EXAMPLE = "new", "upload", "example"
@@ -73,11 +83,30 @@ class ModelUnavailable(RuntimeError):
     """The model named by MODEL_ID cannot be loaded; the message says what to run instead."""
 
 
+class Unchanged(Exception):
+    """A request that ended without a result (Stop before a regeneration was complete): the history stays."""
+
+    def __init__(self, history: list[dict], message: str):
+        super().__init__(message)
+        self.history, self.message = history, message
+
+
 def user_error(message: str, title: str) -> gr.Error:
     """An error shown to the visitor (the server log gets no traceback for it).
 
     The title leads the message: Gradio 6.31's toasts head every error "Error" and show no title."""
     return gr.Error(f"{title} — {message}", title=title, print_exception=False)
+
+
+def _error_title(message: str, default: str) -> str:
+    """The field a library refusal is about, from its message."""
+    if message.startswith("bars "):
+        return "Bar range"
+    if "max_new_tokens" in message:
+        return "Length (new tokens)"
+    if "guidance" in message:
+        return "Guidance"
+    return default
 
 
 def naming_the_field(component: gr.components.Component) -> None:
@@ -132,6 +161,22 @@ class CorpusPiece:
     name: str
     genre: str
     path: str
+
+
+def _control_value(value: Any) -> Any:
+    """A control widget's value: None for "any" or empty, a number where the text reads as one, else the value as
+    given (the tokenizer's check then says what it accepts)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in ("", ANY):
+            return None
+        for number in (int, float):
+            try:
+                return number(text)
+            except ValueError:
+                pass
+        return text
+    return value
 
 
 def pretty_name(source: str) -> str:
@@ -228,7 +273,8 @@ class GenerationProgress(StoppingCriteria):
         self.total = total
         self.done = 0
         self.cancel = threading.Event()
-        self.prompt: list[int] = []  # the ids the new tokens follow (no BOS); set when the generation starts
+        self.prompt: list[int] | None = []  # the ids the new tokens follow (no BOS); set when the generation starts
+        # (None: what is written cannot be drawn before it is complete, as the bars of an infilling)
         self._latest: tuple[int, torch.Tensor] | None = None  # (new tokens, every row so far), replaced at once
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
@@ -238,7 +284,7 @@ class GenerationProgress(StoppingCriteria):
 
     def so_far(self) -> list[list[int]]:
         """Each variation as generated so far: the prompt, then its new ids."""
-        if self._latest is None:
+        if self._latest is None or self.prompt is None:
             return []
         done, rows = self._latest
         return [self.prompt + row for row in rows[:, rows.shape[1] - done:].tolist()]
@@ -260,14 +306,34 @@ class Settings:
     variations: int = 1
     constrained: bool = True
     key: str | None = None
+    density: float | None = None
+    polyphony: float | None = None
+    pitch_range: tuple[int, int] | None = None
+    guidance_scale: float | None = None  # None: off (the widget's 0 or 1)
 
     @property
     def programs(self) -> list[int] | None:
         return [GM_PROGRAM_NAMES.index(n) for n in self.instruments] or None
 
     @property
-    def controls(self) -> dict[str, str] | None:
-        return {"key": self.key} if self.key else None
+    def controls(self) -> dict[str, Any] | None:
+        """The `controls=` of the library: the ones set (tempo is the opening's, not a control token here)."""
+        values = {"key": self.key, "density": self.density, "polyphony": self.polyphony,
+                  "pitch_range": self.pitch_range}
+        return {k: v for k, v in values.items() if v is not None} or None
+
+    def describe(self) -> str:
+        """The controls and guidance for a history line (empty when none is set)."""
+        parts = [self.key] if self.key else []
+        if self.density is not None:
+            parts.append(f"{self.density:g} notes per bar")
+        if self.polyphony is not None:
+            parts.append(f"{self.polyphony:g} at once")
+        if self.pitch_range is not None:
+            parts.append(f"pitches {pitch_name(self.pitch_range[0])}–{pitch_name(self.pitch_range[1])}")
+        if self.guidance_scale is not None:
+            parts.append(f"guidance {self.guidance_scale:g}")
+        return "".join(f" · {p}" for p in parts)
 
 
 @dataclass
@@ -312,7 +378,13 @@ class Studio:
             logger.warning("no corpus example for the genre(s) %s (%s)", ", ".join(self.missing_genres),
                            self.corpus_note)
         self.programs = learned_programs(self.model, self.tokenizer, self._program_contexts())
+        self.control_names, self.controls_note = self._controls()
         self.keys = self._keys()
+        try:  # bar infilling and accompaniment: REMI with Program tokens, and the infill tokens in the model
+            check_composition_setup(self.model, self.tokenizer)
+            self.composition_note = ""
+        except ValueError as e:
+            self.composition_note = f"Regenerate bars and Add a part are unavailable with this model: {e}."
         self.audio_ok, self.audio_note = audio_available()
         self._embeddings: torch.Tensor | None = None
         self._embedding_lock = threading.Lock()
@@ -342,14 +414,36 @@ class Studio:
             contexts.append(([self.tokenizer.bos_token_id] + ids[: self.max_context - 1], piece.genre))
         return contexts
 
+    def _controls(self) -> tuple[list[str], str]:
+        """The controls (of CONTROL_NAMES) the tokenizer has tokens for and the model can read, and a note
+        naming the others (a model trained before the control tokens has none)."""
+        vocab = getattr(self.model.config, "vocab_size", None)
+        names = []
+        for name in CONTROL_NAMES:
+            try:
+                ids = self.tokenizer.control_ids({name: CONTROL_SAMPLES[name]})
+            except ValueError:
+                continue
+            if vocab is None or max(ids) < vocab:
+                names.append(name)
+        missing = [CONTROL_LABELS[n].lower() for n in CONTROL_NAMES if n not in names]
+        if not missing:
+            return names, ""
+        what = "no control tokens" if not names else f"no control tokens for {', '.join(missing)}"
+        return names, (f"This model has {what} (it was made before them), so "
+                       f"{'those controls are' if names else 'key, density, polyphony and pitch range are'} "
+                       "not offered; Guidance still pulls toward the genre.")
+
     def _keys(self) -> list[str]:
         """The keys the tokenizer has control tokens for ("C major" ... "B minor"); none for one without them."""
-        keys = [f"{tonic} {'major' if mode == 'maj' else 'minor'}" for mode in KEY_MODES for tonic in KEY_TONICS]
-        try:
-            self.tokenizer.control_ids({"key": keys[0]})
-        except ValueError:
+        if "key" not in self.control_names:
             return []
-        return keys
+        return [f"{tonic} {'major' if mode == 'maj' else 'minor'}" for mode in KEY_MODES for tonic in KEY_TONICS]
+
+    @property
+    def can_compose(self) -> bool:
+        """Whether Regenerate bars and Add a part work with this model (see `composition_note`)."""
+        return not self.composition_note
 
     def summary(self) -> str:
         genres = ", ".join(g for g in self.genres if g != UNKNOWN_GENRE) or "none"
@@ -366,22 +460,16 @@ class Studio:
     def settings(self, genre: str | None = None, instruments: list[str] | None = None, tempo: float = 120,
                  time_signature: str | None = "4/4", max_new_tokens: int = 256, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = 0, variations: int = 1,
-                 constrained: bool = True, key: str | None = None) -> Settings:
+                 constrained: bool = True, key: str | None = None, density: Any = None, polyphony: Any = None,
+                 pitch_low: Any = None, pitch_high: Any = None, guidance: float | None = None) -> Settings:
         """Raw widget values -> Settings; out-of-range values are clamped, unknown names refused, and so are the
-        instruments the model never learned (it would write silence for them)."""
+        instruments the model never learned (it would write silence for them). Controls ("any" or None: not set)
+        are checked by the tokenizer (`control_ids`): a value it refuses is its message, titled by the field."""
         genre = genre or UNKNOWN_GENRE
         if genre not in self.genres:
             raise user_error(f"Unknown genre {genre!r}; this model knows {', '.join(self.genres)}.", title="Genre")
         instruments = list(instruments or [])
-        unknown = [n for n in instruments if n not in GM_PROGRAM_NAMES]
-        if unknown:
-            raise user_error(f"Unknown instrument(s): {', '.join(unknown)}.", title="Instruments")
-        unlearned = [n for n in instruments if GM_PROGRAM_NAMES.index(n) not in self.programs]
-        if unlearned:
-            never = describe_instruments([GM_PROGRAM_NAMES.index(n) for n in unlearned])
-            plays = ", ".join(self.instrument_names) or "no instrument reliably (leave Instruments empty)"
-            raise user_error(f"This model never learned to play {never}: it would write silence. It plays {plays}.",
-                             title="Instrument not learned")
+        self.programs_named(instruments, "Instruments")
         key = None if key in (None, "", ANY_KEY) else key
         if key is not None and key not in self.keys:
             raise user_error(f"Unknown key {key!r}; choose one of {self.keys[0]} ... {self.keys[-1]}."
@@ -390,6 +478,20 @@ class Studio:
         if time_signature not in self.time_signatures:
             raise user_error(f"Time signature {time_signature} is not in the tokenizer's vocabulary "
                              f"({', '.join(self.time_signatures)}).", title="Time signature")
+        density, polyphony = _control_value(density), _control_value(polyphony)
+        low, high = _control_value(pitch_low), _control_value(pitch_high)
+        if (low is None) != (high is None):
+            raise user_error("Set both the lowest and the highest pitch, or leave both at any.", title="Pitch range")
+        pitch_range = None if low is None else (low, high)
+        for name, value in (("density", density), ("polyphony", polyphony), ("pitch_range", pitch_range)):
+            if value is not None:
+                try:
+                    self.tokenizer.control_ids({name: value})
+                except ValueError as e:
+                    raise user_error(str(e), title=CONTROL_LABELS[name]) from None
+                if name not in self.control_names:  # in the tokenizer, beyond the model's vocabulary
+                    raise user_error(self.controls_note, title=CONTROL_LABELS[name])
+        guidance = float(guidance) if guidance not in (None, "") else None
         seed = -1 if seed is None else int(seed)
         return Settings(
             genre=genre, instruments=instruments, tempo=float(min(max(tempo or 120, 20), 300)),
@@ -399,7 +501,23 @@ class Studio:
             top_p=float(min(max(top_p or 1.0, 0.05), 1.0)),
             seed=seed if seed >= 0 else secrets.randbelow(2**31),
             variations=int(min(max(int(variations or 1), 1), MAX_VARIATIONS)), constrained=bool(constrained),
-            key=key)
+            key=key, density=density, polyphony=polyphony, pitch_range=pitch_range,
+            guidance_scale=None if guidance in (None, 0.0, 1.0) else guidance)
+
+    def programs_named(self, names: Sequence[str] | str | None, field_name: str) -> list[int]:
+        """The programs of instrument names a visitor chose; unknown ones are refused, and so are those the model
+        never learned (it would write silence for them)."""
+        names = [names] if isinstance(names, str) else list(names or [])
+        unknown = [n for n in names if n not in GM_PROGRAM_NAMES]
+        if unknown:
+            raise user_error(f"Unknown instrument(s): {', '.join(map(str, unknown))}.", title=field_name)
+        unlearned = [n for n in names if GM_PROGRAM_NAMES.index(n) not in self.programs]
+        if unlearned:
+            never = describe_instruments([GM_PROGRAM_NAMES.index(n) for n in unlearned])
+            plays = ", ".join(self.instrument_names) or "no instrument reliably (leave Instruments empty)"
+            raise user_error(f"This model never learned to play {never}: it would write silence. It plays {plays}.",
+                             title="Instrument not learned")
+        return [GM_PROGRAM_NAMES.index(n) for n in names]
 
     def read_upload(self, upload: str | os.PathLike | None) -> list[int]:
         """Token ids of an uploaded MIDI file; a readable `gr.Error` for anything that is not usable music."""
@@ -528,13 +646,17 @@ class Studio:
         progress.prompt = list(start)
         t0 = time.perf_counter()
         with self._model_lock:
-            pieces = generate_music(
-                self.model, tokenizer, prompt=start, genre=settings.genre, max_new_tokens=settings.max_new_tokens,
-                constrained=settings.constrained, programs=settings.programs if settings.constrained else None,
-                controls=settings.controls, temperature=settings.temperature, top_k=settings.top_k,
-                top_p=settings.top_p, num_return_sequences=settings.variations,
-                seed=settings.seed, max_time=GENERATION_TIMEOUT_S,
-                stopping_criteria=StoppingCriteriaList([progress]))
+            try:
+                pieces = generate_music(
+                    self.model, tokenizer, prompt=start, genre=settings.genre,
+                    max_new_tokens=settings.max_new_tokens, constrained=settings.constrained,
+                    programs=settings.programs if settings.constrained else None, controls=settings.controls,
+                    guidance_scale=settings.guidance_scale, temperature=settings.temperature, top_k=settings.top_k,
+                    top_p=settings.top_p, num_return_sequences=settings.variations,
+                    seed=settings.seed, max_time=GENERATION_TIMEOUT_S,
+                    stopping_criteria=StoppingCriteriaList([progress]))
+            except ValueError as e:  # a control or guidance the library refuses: its message
+                raise user_error(str(e), title=_error_title(str(e), "Generation")) from None
         elapsed = time.perf_counter() - t0
         prompt_bars = self._bars(start) if self._has_notes(start) else 0
         prompt_end = self._prompt_end_tick(start)
@@ -546,32 +668,194 @@ class Studio:
         warnings = [self._context_warning(start, seen, head, settings)] if seen < len(start) else []
         folder = self._output_folder()
         out = []
-        slug = re.sub(r"[^a-z0-9]+", "-", settings.genre.lower()).strip("-")
-        slug = "piece" if slug in ("", UNKNOWN_GENRE) else slug
         for n, piece in enumerate(pieces, 1):
             if notify:
                 notify(n, len(pieces))
             new_ids = piece.ids[piece.prompt_length:]
             ids = [tokenizer.bos_token_id] + list(start) + new_ids  # the whole piece, even past the context
             score = tokenizer.decode_midi(ids)
-            midi = folder / f"{slug}-{n}.mid"
-            score.dump_midi(str(midi))
-            genre = "any genre" if settings.genre == UNKNOWN_GENRE else settings.genre
-            image = piano_roll(score, prompt_end_tick=prompt_end, path=folder / f"roll_{n}.png",
-                               title=f"Variation {n} · {genre}")
-            audio = render_audio(score, folder / f"audio_{n}.wav") if self.audio_ok else None
-            seconds = score.to("second").end() if score.note_num() else 0.0
-            valid = 1.0 - tokenizer.grammar_errors(ids)
-            info = (f"**Variation {n}** · {score.note_num()} notes · {seconds:.0f} s · {len(new_ids)} new tokens · "
-                    f"{valid:.0%} well-formed tokens · seed {settings.seed}")
-            out.append({"ids": ids, "prompt_bars": prompt_bars, "midi": str(midi), "image": image, "audio": audio,
-                        "info": info, "notes": score.note_num(), "new_tokens": len(new_ids)})
+            item = self._render(ids, score, folder, n, settings, prompt_end=prompt_end)
+            item.update(prompt_bars=prompt_bars, new_tokens=len(new_ids),
+                        info=(f"**Variation {n}** · {score.note_num()} notes · {item['seconds']:.0f} s · "
+                              f"{len(new_ids)} new tokens · {item['valid']:.0%} well-formed tokens · "
+                              f"seed {settings.seed}"))
+            out.append(item)
         instruments = describe_instruments(settings.programs) if settings.programs else "any instrument"
-        key = f" · {settings.key}" if settings.key else ""
-        summary = (f"{label} · {settings.genre if settings.genre != UNKNOWN_GENRE else 'any genre'} · "
-                   f"{instruments}{key} · T={settings.temperature:g}")
+        summary = (f"{label} · {self._genre_name(settings)} · {instruments}{settings.describe()} · "
+                   f"T={settings.temperature:g}")
         return {"label": summary, "pieces": out, "seconds": elapsed, "stopped": stopped,
                 "tokens": settings.max_new_tokens, "warnings": warnings}
+
+    @staticmethod
+    def _genre_name(settings: Settings) -> str:
+        return "any genre" if settings.genre == UNKNOWN_GENRE else settings.genre
+
+    def _render(self, ids: list[int], score: Any, folder: Path, n: int, settings: Settings, title: str = "",
+                prompt_end: int | None = None, band: tuple[int, int] | None = None) -> dict:
+        """One variation's files: MIDI, piano roll (the prompt shaded up to `prompt_end`, or the ticks of `band`
+        marked as rewritten), audio; returns the piece dict less its `info`, `prompt_bars` and `new_tokens`."""
+        slug = re.sub(r"[^a-z0-9]+", "-", settings.genre.lower()).strip("-")
+        slug = "piece" if slug in ("", UNKNOWN_GENRE) else slug
+        midi = folder / f"{slug}-{n}.mid"
+        score.dump_midi(str(midi))
+        image = piano_roll(score, prompt_end_tick=prompt_end, path=folder / f"roll_{n}.png",
+                           title=f"Variation {n} · {self._genre_name(settings)}{title}")
+        if band is not None:
+            mark_ticks(image, score, *band)
+        audio = render_audio(score, folder / f"audio_{n}.wav") if self.audio_ok else None
+        return {"ids": ids, "midi": str(midi), "image": image, "audio": audio, "notes": score.note_num(),
+                "seconds": score.to("second").end() if score.note_num() else 0.0,
+                "valid": 1.0 - self.tokenizer.grammar_errors(ids)}
+
+    # ----- composing: regenerate bars, add a part -----------------------------------------------------
+    def _bar_number(self, value: Any, field_name: str) -> int:
+        if value is None or value == "":
+            raise user_error("Give a bar number (bars count from 0).", title=field_name)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise user_error(f"{value!r} is not a bar number (bars count from 0).", title=field_name) from None
+        if not number.is_integer():
+            raise user_error(f"{value} is not a whole bar number (bars count from 0).", title=field_name)
+        return int(number)
+
+    def _compose(self, write: Any, history: list[dict], settings: Settings, progress: GenerationProgress,
+                 action: str) -> tuple[list[Any], str, float]:
+        """Call `write(seed, seconds_left)` (an `infill_piece` / `accompany_piece`) once per variation.
+
+        Returns the pieces, how it stopped ("" when it did not) and the seconds. The library's refusals (a bar
+        range outside the piece, a control value, guidance with nothing to guide toward) become its message as a
+        titled error. A regeneration cut short has no usable result: Stop keeps the variations already complete,
+        and with none the history stays as it was (`Unchanged`)."""
+        progress.prompt = None  # nothing to draw before a variation is complete
+        results: list[Any] = []
+        stopped = ""
+        t0 = time.perf_counter()
+        with self._model_lock:
+            for n in range(settings.variations):
+                left = GENERATION_TIMEOUT_S - (time.perf_counter() - t0)
+                if progress.cancel.is_set():
+                    stopped = STOPPED_BY_REQUEST
+                    break
+                if left <= 0:
+                    stopped = f"stopped at the {GENERATION_TIMEOUT_S:.0f} s time limit"
+                    break
+                try:
+                    results.append(write(settings.seed + n, left))
+                except MusicFileError as e:
+                    raise user_error(e.problem, title=_error_title(e.problem, action)) from None
+                except ValueError as e:
+                    raise user_error(str(e), title=_error_title(str(e), action)) from None
+                except RuntimeError:  # the decode ended before the bars did: Stop or the time limit
+                    if progress.cancel.is_set():
+                        stopped = STOPPED_BY_REQUEST
+                    elif time.perf_counter() - t0 >= GENERATION_TIMEOUT_S:
+                        stopped = f"stopped at the {GENERATION_TIMEOUT_S:.0f} s time limit"
+                    else:
+                        raise
+                    break
+        elapsed = time.perf_counter() - t0
+        if not results:
+            if stopped == STOPPED_BY_REQUEST:
+                raise Unchanged(history, f"⏹ Stopped before {action.lower()} was complete: the piece is unchanged.")
+            raise user_error(f"The model did not finish within the {GENERATION_TIMEOUT_S:.0f} s time limit; the "
+                             "piece is unchanged. Ask for fewer bars or a shorter Length.", title="Time limit")
+        return results, stopped, elapsed
+
+    def _sampling(self, settings: Settings, progress: GenerationProgress) -> dict[str, Any]:
+        """The keywords the composition functions share."""
+        return dict(controls=settings.controls, genre=settings.genre, max_new_tokens=settings.max_new_tokens,
+                    guidance_scale=settings.guidance_scale, temperature=settings.temperature, top_k=settings.top_k,
+                    top_p=settings.top_p, stopping_criteria=StoppingCriteriaList([progress]))
+
+    def _composed_step(self, results: list[Any], label: str, done: str, settings: Settings, stopped: str,
+                       elapsed: float, describe: Any, band: Any = None, title: str = "",
+                       notify: Any = None) -> dict:
+        """A history step from composed pieces: `describe(n, composed, score)` gives each variation's info
+        line after its number, `band(score)` the ticks to mark on its roll."""
+        folder = self._output_folder()
+        out = []
+        for n, composed in enumerate(results, 1):
+            if notify:
+                notify(n, len(results))
+            ids = [self.tokenizer.bos_token_id] + list(composed.ids)
+            score = composed.score
+            item = self._render(ids, score, folder, n, settings, title=title,
+                                band=band(score) if band is not None else None)
+            written = composed.span[1] - composed.span[0]
+            item.update(prompt_bars=0, new_tokens=written,
+                        info=(f"**Variation {n}** · {describe(composed, score)} · {score.note_num()} notes · "
+                              f"{item['seconds']:.0f} s · {item['valid']:.0%} well-formed tokens · "
+                              f"seed {settings.seed + n - 1}"))
+            out.append(item)
+        summary = f"{label} · {self._genre_name(settings)}{settings.describe()} · T={settings.temperature:g}"
+        return {"label": summary, "pieces": out, "seconds": elapsed, "stopped": stopped,
+                "tokens": settings.max_new_tokens, "warnings": [], "done": done}
+
+    def regenerate_bars(self, history: list[dict] | None, variation: int = 1, start: int = 0, end: int = 1,
+                        parts: Sequence[str] | None = None, settings: Settings | None = None,
+                        progress: GenerationProgress | None = None, notify: Any = None) -> list[dict]:
+        """Write bars `start` to `end` of a variation of the last step anew (bars count from 0, `end` is not
+        included: the library's `infill_piece`); with `parts` (instrument names) only their notes there. Every
+        other note stays as it is. Returns the history with the new step (one piece per variation asked for)."""
+        piece = self.current_piece(history, variation)
+        settings = settings or self.settings()
+        if not self.can_compose:
+            raise user_error(self.composition_note, title="Regenerate bars")
+        programs = self.programs_named(parts, "Only these parts") or None
+        bars = (self._bar_number(start, "From bar"), self._bar_number(end, "To bar"))
+        score = self.tokenizer.decode_midi(piece["ids"])
+        progress = progress or GenerationProgress(settings.max_new_tokens)
+        forced = len(piece["ids"]) if programs else 0  # with parts, the others' tokens are decoded too
+        progress.total = settings.variations * (settings.max_new_tokens + forced)
+        sampling = self._sampling(settings, progress)
+        results, stopped, elapsed = self._compose(
+            lambda seed, left: infill_piece(self.model, self.tokenizer, score, bars, programs=programs, seed=seed,
+                                            max_time=left, **sampling),
+            history, settings, progress, "Regenerate bars")
+        what = f"bars {bars[0]}-{bars[1]}" + (f" of {describe_instruments(programs)}" if programs else "")
+        kept = "every other note" if programs else "every other bar"
+        n = len(results)
+        done = (f"✅ Regenerated {what} in {elapsed:.1f} s ({n} variation{'s' if n > 1 else ''}); {kept} is "
+                "unchanged.")
+        return list(history) + [self._composed_step(
+            results, f"Regenerated {what} of variation {variation} of step {len(history)}", done, settings, stopped,
+            elapsed, lambda composed, s: f"{what} new", title=f" · {what} regenerated",
+            band=lambda s: (bar_end_tick(s, bars[0]), bar_end_tick(s, bars[1])), notify=notify)]
+
+    def add_part(self, history: list[dict] | None, variation: int = 1, instrument: str | None = None,
+                 settings: Settings | None = None, progress: GenerationProgress | None = None,
+                 notify: Any = None) -> list[dict]:
+        """A new part for `instrument` (one the model learned) around a variation of the last step (the library's
+        `accompany_piece`): every given note stays; notes the piece had for that instrument are replaced.
+        Returns the history with the new step (one piece per variation asked for)."""
+        piece = self.current_piece(history, variation)
+        settings = settings or self.settings()
+        if not self.can_compose:
+            raise user_error(self.composition_note, title="Add a part")
+        if not instrument:
+            raise user_error("Choose the instrument of the new part.", title="New part")
+        program = self.programs_named([instrument], "New part")[0]
+        score = self.tokenizer.decode_midi(piece["ids"])
+        had = sum(len(t.notes) for t in score.tracks if int(t.program) == program and not t.is_drum)
+        progress = progress or GenerationProgress(settings.max_new_tokens)
+        progress.total = settings.variations * (len(piece["ids"]) + settings.max_new_tokens)
+        sampling = self._sampling(settings, progress)
+        results, stopped, elapsed = self._compose(
+            lambda seed, left: accompany_piece(self.model, self.tokenizer, score, program, seed=seed,
+                                               max_time=left, **sampling),
+            history, settings, progress, "Add a part")
+
+        def describe(composed: Any, s: Any) -> str:
+            new = sum(len(t.notes) for t in s.tracks if int(t.program) == program and not t.is_drum)
+            return f"+{new} notes of {instrument}" + (f" (its {had} earlier notes replaced)" if had else "")
+
+        n = len(results)
+        done = (f"✅ Added a part for {instrument} in {elapsed:.1f} s ({n} variation{'s' if n > 1 else ''}); every "
+                "given note is kept.")
+        return list(history) + [self._composed_step(
+            results, f"Added {instrument} to variation {variation} of step {len(history)}", done, settings, stopped,
+            elapsed, describe, title=f" · + {instrument}", notify=notify)]
 
     def sketch(self, progress: GenerationProgress, genre: str = UNKNOWN_GENRE) -> list[str]:
         """Piano rolls (PNG paths) of the variations as generated so far, the prompt shaded: drawn while tokens
@@ -696,7 +980,12 @@ class Studio:
 def step_message(step: dict) -> str:
     """The status line after a generation: what came out, how it ended, and what the visitor should know."""
     n = len(step["pieces"])
-    if step["stopped"] == STOPPED_BY_REQUEST:
+    if step.get("done"):  # regenerated bars, an added part: only complete variations are kept
+        message = step["done"]
+        if step["stopped"]:
+            reason = "Stopped" if step["stopped"] == STOPPED_BY_REQUEST else step["stopped"].capitalize()
+            message += f" ⏹ {reason}: kept the {n} variation{'s' if n > 1 else ''} finished before."
+    elif step["stopped"] == STOPPED_BY_REQUEST:
         made = max((p["new_tokens"] for p in step["pieces"]), default=0)
         what = "the variation as far as it got" if n == 1 else f"the {n} variations as far as they got"
         message = f"⏹ Stopped: kept {what} ({made} of {step['tokens']} new tokens, {step['seconds']:.1f} s)."
@@ -706,6 +995,66 @@ def step_message(step: dict) -> str:
         if step["stopped"]:
             message += f" ⚠️ Generation {step['stopped']}; the music is cut there."
     return " ".join([message, *(f"⚠️ {warning}" for warning in step["warnings"])])
+
+
+def roll_end_tick(score: Any) -> int:
+    """The tick at the right edge of `piano_roll`'s plot (without a prompt marker): the end of the bar where the
+    music ends, at least one 4/4 bar."""
+    score = score if "Tick" in str(score.ttype) else score.to("tick")
+    tpq = score.ticks_per_quarter
+    end = max(score.end(), tpq * 4)
+    bars = bar_starts(score, end=end)
+    if bars[-1] < end:
+        bars = bar_starts(score, end=end + tpq * 16)
+        bars = [b for b in bars if b < end] + [next(b for b in bars if b >= end)]
+    return bars[-1] if bars[-1] >= end else end
+
+
+PLOT_COLORS = ((251, 251, 253), (238, 240, 244))  # piano_roll's plot background: white and black-key rows
+BAND_TINT, BAND_EDGE = (255, 214, 64), (74, 85, 104)  # a yellow background; slate dashes as the prompt marker
+
+
+def mark_ticks(path: str, score: Any, start: int, end: int, label: str = "regenerated") -> str:
+    """Mark ticks [start, end) on a piano roll PNG drawn by `piano_roll` (in place): the plot's background turns
+    yellow there (the notes keep their colours), with dashed edges and a label. The plot is found by its background
+    colours; its x axis runs from 0 to `roll_end_tick`."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.open(path).convert("RGB")
+    pixels = np.array(image)
+    plot = np.zeros(pixels.shape[:2], dtype=bool)
+    for color in PLOT_COLORS:
+        plot |= np.all(pixels == color, axis=-1)
+    rows, cols = np.flatnonzero(plot.sum(1) > plot.shape[1] // 4), np.flatnonzero(plot.sum(0) > plot.shape[0] // 4)
+    if not len(rows) or not len(cols) or end <= start:
+        return path
+    left, right, top, bottom = int(cols[0]), int(cols[-1]) + 1, int(rows[0]), int(rows[-1]) + 1
+    span = max(roll_end_tick(score), 1)
+    x0 = left + round((right - left) * min(start, span) / span)
+    x1 = left + round((right - left) * min(end, span) / span)
+    band = np.zeros_like(plot)
+    band[top:bottom, x0:x1] = True
+    band &= plot
+    pixels[band] = (0.6 * pixels[band] + 0.4 * np.array(BAND_TINT)).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    for x in (x0, x1):
+        for y in range(top, bottom, 6):
+            draw.line((x, y, x, min(y + 3, bottom)), fill=BAND_EDGE, width=2)
+    try:
+        font = ImageFont.load_default(size=12)
+    except (OSError, TypeError):  # Pillow without FreeType: its bitmap font
+        font = ImageFont.load_default()
+    box = draw.textbbox((0, 0), label, font=font)
+    width, height = box[2] - box[0], box[3] - box[1]
+    if width + 8 <= x1 - x0:
+        at = (x0 + (x1 - x0 - width) // 2, top + 4)
+        draw.rounded_rectangle((at[0] - 4, at[1] - 2, at[0] + width + 4, at[1] + height + 5), radius=3,
+                               fill=(255, 255, 255))
+        draw.text(at, label, fill=BAND_EDGE, font=font)
+    image.save(path)
+    return path
 
 
 # ----- the page -------------------------------------------------------------------------------------------
@@ -744,8 +1093,9 @@ def build_demo(studio: Studio) -> gr.Blocks:
         history = gr.State([])
         gr.Markdown(
             "# 🎼 music-hf Studio\nCompose with a music transformer: start from nothing, your own MIDI or a piece "
-            "from the corpus; pick a genre and instruments; listen, download, continue, undo, and find the "
-            f"corpus pieces that sound alike.<br>{studio.summary()}{audio_line}", elem_classes="header")
+            "from the corpus; pick a genre, instruments, key, density and range; listen, download, continue, "
+            "regenerate some bars, add a part, undo, and find the corpus pieces that sound alike."
+            f"<br>{studio.summary()}{audio_line}", elem_classes="header")
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
                 with gr.Group():
@@ -761,6 +1111,23 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                             label="Genre", scale=2)
                         key = gr.Dropdown([ANY_KEY, *studio.keys], value=ANY_KEY, label="Key",
                                           visible=bool(studio.keys), scale=1)
+                    has = set(studio.control_names)
+                    with gr.Row(visible=bool(has - {"key"})):
+                        density = gr.Dropdown([ANY, *DENSITY_CHOICES], value=ANY, label="Notes per bar",
+                                              allow_custom_value=True, visible="density" in has, min_width=100)
+                        polyphony = gr.Dropdown([ANY, *POLYPHONY_CHOICES], value=ANY, label="Notes at once",
+                                                allow_custom_value=True, visible="polyphony" in has, min_width=100)
+                        lows = [(f"{pitch_name(p)} ({p})", str(p)) for p in range(24, 97, 12)]  # C1 ... C7
+                        highs = [(f"{pitch_name(p)} ({p})", str(p)) for p in range(35, 108, 12)]  # B1 ... B7
+                        pitch_low = gr.Dropdown([(ANY, ANY), *lows], value=ANY, label="Lowest pitch",
+                                                allow_custom_value=True, visible="pitch_range" in has, min_width=100)
+                        pitch_high = gr.Dropdown([(ANY, ANY), *highs], value=ANY, label="Highest pitch",
+                                                 allow_custom_value=True, visible="pitch_range" in has, min_width=100)
+                    guidance = gr.Slider(0, 5, value=1, step=0.25, label="Guidance (1 or 0 = off)",
+                                         info="Classifier-free guidance: above 1 pulls harder toward the controls "
+                                              "and the genre (twice the compute).")
+                    gr.Markdown(f"ℹ️ {studio.controls_note}", visible=bool(studio.controls_note),
+                                label="About the controls")
                     instruments = gr.Dropdown(studio.instrument_names, value=[], multiselect=True,
                                               label="Instruments", visible=bool(studio.programs),
                                               info="Only those this model learned: it writes silence for the "
@@ -798,6 +1165,25 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     continue_btn = gr.Button("➕ Continue", interactive=False, scale=1, min_width=100)
                     undo_btn = gr.Button("↩ Undo", interactive=False, scale=1, min_width=100)
                     similar_btn = gr.Button("🔎 Find similar", interactive=False, scale=1, min_width=120)
+                gr.Markdown("**Edit the selected variation** · bars count from 0 (the piano roll's bar 1 is bar 0) "
+                            "and *To bar* is not included; everything else stays note for note. Controls, "
+                            "Guidance, Length and sampling apply." if studio.can_compose else
+                            f"ℹ️ {studio.composition_note}", elem_classes="edit-note")
+                with gr.Group(visible=studio.can_compose):
+                    with gr.Row(equal_height=True):
+                        bar_from = gr.Number(value=0, precision=0, label="From bar", scale=1, min_width=90)
+                        bar_to = gr.Number(value=1, precision=0, label="To bar (not included)", scale=1,
+                                           min_width=90)
+                        parts = gr.Dropdown(studio.instrument_names, value=[], multiselect=True,
+                                            label="Only these parts (empty: all)", visible=bool(studio.programs),
+                                            scale=2, min_width=160)
+                        regen_btn = gr.Button("🔁 Regenerate bars", interactive=False, scale=1, min_width=150)
+                    with gr.Row(equal_height=True, visible=bool(studio.programs)):
+                        new_part = gr.Dropdown(studio.instrument_names,
+                                               value=(studio.instrument_names or [None])[-1], label="New part",
+                                               info="An instrument this model learned; the given notes stay.",
+                                               scale=3)
+                        part_btn = gr.Button("🎻 Add part", interactive=False, scale=1, min_width=150)
                 similar_table = gr.Dataframe(headers=["#", "Corpus piece", "Genre", "Similarity"],
                                              datatype=["number", "str", "str", "number"], interactive=False,
                                              visible=False,
@@ -816,12 +1202,12 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 timeline = gr.Markdown("", label="History")
 
         settings_inputs = [genre, instruments, key, tempo, time_signature, length, temperature, top_k, top_p, seed,
-                           variations, constrained]
-        for choice in (example, bars, *settings_inputs):
+                           variations, constrained, density, polyphony, pitch_low, pitch_high, guidance]
+        for choice in (example, bars, bar_from, bar_to, parts, new_part, *settings_inputs):
             naming_the_field(choice)
         slot_outputs = [c for slot in slots for c in slot]
         outputs = [history, status, timeline, variation, continue_btn, undo_btn, similar_btn, similar_table,
-                   *slot_outputs]
+                   regen_btn, part_btn, *slot_outputs]
         running: dict[str, GenerationProgress] = {}  # the generation each session has under way, for Stop
 
         def reporting_errors(handler):
@@ -845,7 +1231,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
             choices = [str(n) for n in range(1, max(len(pieces), 1) + 1)]
             values.append(gr.Radio(choices=choices, value="1"))
             values += [gr.Button(interactive=bool(step)), gr.Button(interactive=bool(hist)),
-                       gr.Button(interactive=bool(step) and bool(studio.corpus)), gr.Dataframe(visible=False)]
+                       gr.Button(interactive=bool(step) and bool(studio.corpus)), gr.Dataframe(visible=False),
+                       gr.Button(interactive=bool(step)), gr.Button(interactive=bool(step))]
             for i in range(MAX_VARIATIONS):
                 if i < len(pieces):
                     p = pieces[i]
@@ -871,10 +1258,11 @@ def build_demo(studio: Studio) -> gr.Blocks:
             filled = round(12 * done / max(total, 1))
             return f"⏳ `{'█' * filled}{'░' * (12 - filled)}` {text}"
 
-        def run(work, settings: Settings, session: str):
+        def run(work, settings: Settings, session: str, doing: str = ""):
             """Run `work(progress_criteria, notify)` in a thread; yield the progress line meanwhile, with the piano
             rolls so far every LIVE_ROLL_EVERY tokens, then the history it returns. Stop (`on_stop`) ends the
-            generation early, and the result keeps what was made."""
+            generation early, and the result keeps what was made. `doing`: what the progress line says while
+            composing (the tracker's total is then an upper bound: the model ends the bars where it likes)."""
             tracker = GenerationProgress(settings.max_new_tokens)
             running[session] = tracker
             phase = {"render": None}
@@ -899,6 +1287,10 @@ def build_demo(studio: Studio) -> gr.Blocks:
                         n, total = phase["render"]
                         line = progress_line(n - 1, total, f"drawing and rendering variation {n} of {total} · "
                                                            f"{seconds:.0f} s")
+                    elif doing:
+                        line = progress_line(tracker.done, tracker.total,
+                                             f"{doing}: {tracker.done} tokens (up to {tracker.total}) · "
+                                             f"{seconds:.0f} s")
                     else:
                         line = progress_line(tracker.done, settings.max_new_tokens,
                                              f"generating: {tracker.done} / {settings.max_new_tokens} tokens · "
@@ -915,6 +1307,9 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     tracker.cancel.set()
             if "error" in result:
                 error = result["error"]
+                if isinstance(error, Unchanged):
+                    yield show(error.history, error.message)
+                    return
                 if isinstance(error, gr.Error):
                     raise error
                 logger.error("generation failed", exc_info=error)
@@ -924,11 +1319,13 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         @reporting_errors
         def on_generate(hist, prompt_source, prompt_bars, genre, instruments, key, tempo, time_signature, length,
-                        temperature, top_k, top_p, seed, variations, constrained, midi_file=None,
-                        corpus_example=None, request: gr.Request = None):
+                        temperature, top_k, top_p, seed, variations, constrained, density=ANY, polyphony=ANY,
+                        pitch_low=ANY, pitch_high=ANY, guidance=1.0, midi_file=None, corpus_example=None,
+                        request: gr.Request = None):
             """Generate variations from a new piece, an uploaded MIDI file or a corpus example."""
             settings = studio.settings(genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
-                                       seed, variations, constrained, key)
+                                       seed, variations, constrained, key, density, polyphony, pitch_low,
+                                       pitch_high, guidance)
             prompt = (prompt_source, midi_file, corpus_example, prompt_bars)
             studio.read_prompt(*prompt)  # fail fast on a bad upload, before the thread starts
             yield from run(lambda tracker, notify: studio.generate(hist, *prompt, settings, tracker, notify),
@@ -936,14 +1333,44 @@ def build_demo(studio: Studio) -> gr.Blocks:
 
         @reporting_errors
         def on_continue(hist, variation, genre, instruments, key, tempo, time_signature, length, temperature, top_k,
-                        top_p, seed, variations, constrained, request: gr.Request = None):
+                        top_p, seed, variations, constrained, density=ANY, polyphony=ANY, pitch_low=ANY,
+                        pitch_high=ANY, guidance=1.0, request: gr.Request = None):
             """Continue one variation of the last result (the whole piece is the prompt)."""
             settings = studio.settings(genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
-                                       seed, variations, constrained, key)
+                                       seed, variations, constrained, key, density, polyphony, pitch_low,
+                                       pitch_high, guidance)
             studio.current_piece(hist, int(variation or 1))
             yield from run(lambda tracker, notify: studio.continue_piece(hist, int(variation or 1), settings,
                                                                          tracker, notify),
                            settings, request.session_hash)
+
+        @reporting_errors
+        def on_regenerate(hist, variation, from_bar, to_bar, parts, genre, instruments, key, tempo, time_signature,
+                          length, temperature, top_k, top_p, seed, variations, constrained, density=ANY,
+                          polyphony=ANY, pitch_low=ANY, pitch_high=ANY, guidance=1.0, request: gr.Request = None):
+            """Write bars from_bar to to_bar (not included; bars count from 0) of a variation of the last result
+            anew, only the notes of `parts` there when some are chosen; everything else stays note for note."""
+            settings = studio.settings(genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
+                                       seed, variations, constrained, key, density, polyphony, pitch_low,
+                                       pitch_high, guidance)
+            studio.current_piece(hist, int(variation or 1))
+            yield from run(lambda tracker, notify: studio.regenerate_bars(hist, int(variation or 1), from_bar,
+                                                                          to_bar, parts, settings, tracker, notify),
+                           settings, request.session_hash, doing=f"regenerating bars {from_bar}-{to_bar}")
+
+        @reporting_errors
+        def on_add_part(hist, variation, new_part, genre, instruments, key, tempo, time_signature, length,
+                        temperature, top_k, top_p, seed, variations, constrained, density=ANY, polyphony=ANY,
+                        pitch_low=ANY, pitch_high=ANY, guidance=1.0, request: gr.Request = None):
+            """Add a part for an instrument the model learned to a variation of the last result; every given note
+            stays."""
+            settings = studio.settings(genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
+                                       seed, variations, constrained, key, density, polyphony, pitch_low,
+                                       pitch_high, guidance)
+            studio.current_piece(hist, int(variation or 1))
+            yield from run(lambda tracker, notify: studio.add_part(hist, int(variation or 1), new_part, settings,
+                                                                   tracker, notify),
+                           settings, request.session_hash, doing=f"adding {new_part}")
 
         def on_stop(request: gr.Request):
             """Stop this session's generation; the result keeps the tokens generated so far."""
@@ -986,6 +1413,10 @@ def build_demo(studio: Studio) -> gr.Blocks:
                            api_name="generate", concurrency_id="model", show_progress="hidden")
         continue_btn.click(on_continue, [history, variation, *settings_inputs], outputs, api_name="continue",
                            concurrency_id="model", show_progress="hidden")
+        regen_btn.click(on_regenerate, [history, variation, bar_from, bar_to, parts, *settings_inputs], outputs,
+                        api_name="regenerate_bars", concurrency_id="model", show_progress="hidden")
+        part_btn.click(on_add_part, [history, variation, new_part, *settings_inputs], outputs, api_name="add_part",
+                       concurrency_id="model", show_progress="hidden")
         stop_btn.click(on_stop, None, status, queue=False, api_name="stop", show_progress="hidden")
         undo_btn.click(on_undo, [history], outputs, api_name="undo", show_progress="hidden")
         similar_btn.click(on_similar, [history, variation], [similar_table], api_name="find_similar",

@@ -1,7 +1,8 @@
 """The Gradio Space: handlers as plain functions on real corpus pieces with a tiny random model (taught to play
 piano and choir only, like a model trained on the corpus), the app served on localhost and driven by
 gradio_client, and (marked `browser`) the page in headless Chromium. The renderers are tested in
-tests/test_render.py."""
+tests/test_render.py, the composition functions (infilling, accompaniment, controls) in tests/test_composition.py:
+here, that the page reaches them and says what they refuse."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ pytest.importorskip("matplotlib")
 import symusic  # noqa: E402
 
 from music_hf.generation import cut_bars  # noqa: E402
-from music_hf.render import GM_PROGRAM_NAMES, audio_available, wav_peak  # noqa: E402
+from music_hf.render import GM_PROGRAM_NAMES, audio_available, bar_end_tick, wav_peak  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "space" / "app.py"
@@ -47,7 +48,7 @@ def app():
     return load_app()
 
 
-def save_tiny_model(path: Path, **config_overrides) -> str:
+def save_tiny_model(path: Path, tokenizer=None, **config_overrides) -> str:
     """A random model (one layer, 32 wide unless overridden) that plays only the LEARNED programs, as one trained on
     the corpus does: one hidden unit after the final norm is a constant, and every Program token's (tied) embedding
     on that unit is high for those programs and low for the others, so their logits sit about 6 above or below the
@@ -56,7 +57,7 @@ def save_tiny_model(path: Path, **config_overrides) -> str:
 
     from music_hf import MusicConfig, MusicForCausalLM, MusicTokenizer
 
-    tokenizer = MusicTokenizer()
+    tokenizer = tokenizer or MusicTokenizer()
     sizes = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     config = MusicConfig.from_tokenizer(tokenizer, genres=["chorale", "folk song"], **sizes | config_overrides)
     torch.manual_seed(0)
@@ -139,6 +140,17 @@ def notes_of(score: symusic.Score) -> list[tuple[int, int, int]]:
     """(onset tick, program, pitch) of every note, sorted."""
     return sorted((int(n.time), 128 if t.is_drum else int(t.program), int(n.pitch)) for t in score.tracks
                   for n in t.notes)
+
+
+def full_notes(score: symusic.Score) -> list[tuple[int, int, int, int, int]]:
+    """(onset tick, program, pitch, duration, velocity) of every note, sorted."""
+    return sorted((int(n.time), 128 if t.is_drum else int(t.program), int(n.pitch), int(n.duration),
+                   int(n.velocity)) for t in score.tracks for n in t.notes)
+
+
+def outside(notes: list[tuple], start_tick: int, end_tick: int) -> list[tuple]:
+    """The notes that start before `start_tick` or at `end_tick` and later."""
+    return [n for n in notes if not start_tick <= n[0] < end_tick]
 
 
 # ----- handlers as plain functions -----------------------------------------------------------------------
@@ -300,7 +312,7 @@ def test_missing_model_says_what_to_run(app, tmp_path):
 
 def test_the_page_builds(demo):
     apis = {fn.api_name for fn in demo.fns.values()}
-    assert {"generate", "continue", "stop", "undo", "find_similar"} <= apis
+    assert {"generate", "continue", "regenerate_bars", "add_part", "stop", "undo", "find_similar"} <= apis
 
 
 # ----- what a visitor hit in the browser ---------------------------------------------------------------------
@@ -455,6 +467,199 @@ def test_stop_keeps_what_was_made_and_the_roll_draws_while_tokens_stream_in(quie
     assert symusic.Score(piece["midi"]).note_num() > 0 and f"({piece['new_tokens']} of 1008 new tokens" in status
 
 
+# ----- composing: regenerate bars, add a part, controls ----------------------------------------------------
+
+def _bar_lines(png: str) -> list[int]:
+    """Pixel columns of the bar lines of a piano roll (the renderer's grey, down much of the plot)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    grey = (np.abs(pixels - np.array([160, 174, 192])).sum(-1) < 40).sum(0)
+    columns = np.flatnonzero(grey > 0.3 * grey.max())
+    return [int(c) for n, c in enumerate(columns) if n == 0 or c > columns[n - 1] + 1]  # one per line
+
+
+def test_regenerate_bars_keeps_every_other_bar_and_marks_the_range(quiet_studio, app, chorale_midi):
+    import numpy as np
+    from PIL import Image
+
+    decode = quiet_studio.tokenizer.decode_midi  # the scores drawn (a MIDI file merges overlapping equal notes)
+    history = quiet_studio.generate([], "upload", chorale_midi, bars=3, settings=quick(quiet_studio,
+                                                                                        max_new_tokens=16))
+    before = decode(history[-1]["pieces"][0]["ids"])
+    longer = quiet_studio.regenerate_bars(history, 1, 1, 2, settings=quick(quiet_studio, max_new_tokens=64))
+    assert len(longer) == 2 and longer[:1] == history
+    step = longer[-1]
+    assert step["label"].startswith("Regenerated bars 1-2 of variation 1 of step 1")
+    assert app.step_message(step).startswith("✅ Regenerated bars 1-2") and "every other bar is unchanged" in \
+        app.step_message(step)
+    piece = step["pieces"][0]
+    after = decode(piece["ids"])
+    assert notes_of(symusic.Score(piece["midi"])) == notes_of(after)  # the file the page offers for download
+    start, end = app.bar_end_tick(before, 1), app.bar_end_tick(before, 2)
+    assert outside(full_notes(after), start, end) == outside(full_notes(before), start, end)  # note for note
+    assert [n for n in full_notes(after) if start <= n[0] < end]  # the range has notes, new ones
+    assert [n for n in full_notes(after) if start <= n[0] < end] != [n for n in full_notes(before)
+                                                                     if start <= n[0] < end]
+    assert "bars 1-2 new" in piece["info"] and piece["ids"][0] == quiet_studio.tokenizer.bos_token_id
+    # the roll marks the range: its background changes between the lines of bars 1 and 2 (the roll's "2" and "3")
+    plain = app.piano_roll(after, path=str(Path(piece["image"]).with_name("plain.png")),
+                           title="Variation 1 · chorale · bars 1-2 regenerated")
+    marked, unmarked = (np.asarray(Image.open(f).convert("RGB")).astype(int) for f in (piece["image"], plain))
+    changed = np.flatnonzero(np.abs(marked - unmarked).sum(-1).any(0))
+    lines = _bar_lines(plain)
+    assert abs(changed.min() - lines[1]) <= 3 and abs(changed.max() - lines[2]) <= 3, (changed, lines)
+
+
+def test_add_a_part_keeps_every_given_note_and_plays_the_new_instrument(quiet_studio, app, chorale_midi):
+    history = quiet_studio.generate([], "upload", chorale_midi, bars=1,
+                                    settings=quick(quiet_studio, instruments=["Acoustic Grand Piano"],
+                                                   max_new_tokens=16))
+    before = quiet_studio.tokenizer.decode_midi(history[-1]["pieces"][0]["ids"])
+    assert programs_of(before) == {0}
+    longer = quiet_studio.add_part(history, 1, "Choir Aahs", quick(quiet_studio, max_new_tokens=32))
+    step = longer[-1]
+    assert len(longer) == 2 and step["label"].startswith("Added Choir Aahs to variation 1 of step 1")
+    assert "every given note is kept" in app.step_message(step)
+    after = quiet_studio.tokenizer.decode_midi(step["pieces"][0]["ids"])
+    assert notes_of(symusic.Score(step["pieces"][0]["midi"])) == notes_of(after)  # the download
+    added = [n for n in full_notes(after) if n[1] == 52]
+    assert added and programs_of(after) == {0, 52}
+    assert [n for n in full_notes(after) if n[1] != 52] == full_notes(before)  # every given note, exactly
+    assert f"+{len(added)} notes of Choir Aahs" in step["pieces"][0]["info"]
+    with pytest.raises(gr.Error, match="never learned to play Violin") as err:
+        quiet_studio.add_part(history, 1, "Violin", quick(quiet_studio))
+    assert err.value.title == "Instrument not learned"
+
+
+def test_controls_and_guidance_reach_the_library(quiet_studio, app, chorale_midi, monkeypatch):
+    calls = {}
+
+    class Called(Exception):
+        pass
+
+    def spy(name, real=None):
+        def function(*args, **kwargs):
+            calls[name] = kwargs
+            if real is None:
+                raise Called(name)  # what it was asked is all this test needs
+            return real(*args, **kwargs)
+        return function
+
+    monkeypatch.setattr(app, "generate_music", spy("generate", app.generate_music))
+    monkeypatch.setattr(app, "infill_piece", spy("infill"))
+    monkeypatch.setattr(app, "accompany_piece", spy("accompany"))
+    settings = quick(quiet_studio, key="D minor", density="8", polyphony="3", pitch_low="48", pitch_high="83",
+                     guidance=2.0)
+    wanted = {"key": "D minor", "density": 8, "polyphony": 3, "pitch_range": (48, 83)}
+    history = quiet_studio.generate([], "upload", chorale_midi, bars=1, settings=settings)
+    assert calls["generate"]["controls"] == wanted and calls["generate"]["guidance_scale"] == 2.0
+    assert "D minor · 8 notes per bar · 3 at once · pitches C3–B5 · guidance 2" in history[-1]["label"]
+    for name, action in (("infill", lambda: quiet_studio.regenerate_bars(history, 1, 0, 1, settings=settings)),
+                         ("accompany", lambda: quiet_studio.add_part(history, 1, "Choir Aahs", settings))):
+        with pytest.raises(Called):
+            action()
+        assert calls[name]["controls"] == wanted and calls[name]["guidance_scale"] == 2.0
+        assert calls[name]["genre"] == "chorale" and calls[name]["max_new_tokens"] == 40
+    # "any" leaves a control out; guidance 1 or 0 is off
+    for off in (1, 0):
+        s = quick(quiet_studio, density="any", polyphony=None, pitch_low="any", pitch_high="any", guidance=off)
+        assert s.controls is None and s.guidance_scale is None
+    # what the tokenizer refuses is its message, titled by the field
+    for values, title, message in [
+        (dict(density="-3"), "Notes per bar", "density must be a number of notes per bar >= 0, got -3"),
+        (dict(polyphony="lots"), "Notes at once", "polyphony must be a mean number of notes sounding"),
+        (dict(pitch_low="90", pitch_high="60"), "Pitch range", "low <= high; got (90, 60)"),
+        (dict(pitch_low="48"), "Pitch range", "Set both the lowest and the highest pitch"),
+    ]:
+        with pytest.raises(gr.Error) as err:
+            quick(quiet_studio, **values)
+        assert err.value.title == title and message in err.value.message and err.value.message.startswith(title)
+    with pytest.raises(gr.Error, match="guidance_scale needs something to guide toward") as err:
+        quiet_studio.generate([], "new", settings=quick(quiet_studio, genre="unknown", guidance=3))
+    assert err.value.title == "Guidance"
+
+
+def test_undo_goes_back_step_by_step_across_every_action(quiet_studio, chorale_midi):
+    settings = quick(quiet_studio, max_new_tokens=16)
+    steps = [quiet_studio.generate([], "upload", chorale_midi, bars=2, settings=settings)]
+    steps.append(quiet_studio.continue_piece(steps[-1], 1, settings))
+    steps.append(quiet_studio.regenerate_bars(steps[-1], 1, 0, 1, ["Acoustic Grand Piano"], settings))
+    steps.append(quiet_studio.add_part(steps[-1], 1, "Choir Aahs", settings))
+    labels = [step["label"] for step in steps[-1]]
+    assert [label.split(" · ")[0] for label in labels] == [
+        "From bwv66.6.mid (first 2 bars)", "Continued variation 1 of step 1",
+        "Regenerated bars 0-1 of Acoustic Grand Piano of variation 1 of step 2",
+        "Added Choir Aahs to variation 1 of step 3"]
+    history = steps[-1]
+    for expected in reversed(steps[:-1]):
+        history = quiet_studio.undo(history)
+        assert history == expected
+    assert quiet_studio.undo(history) == []
+
+
+def test_bad_bar_ranges_and_no_piece_say_what_is_wrong(quiet_studio, chorale_midi):
+    for action in (lambda: quiet_studio.regenerate_bars([], 1, 0, 1),
+                   lambda: quiet_studio.add_part([], 1, "Choir Aahs")):
+        with pytest.raises(gr.Error, match="Generate something first") as err:
+            action()
+        assert err.value.title == "No piece yet"
+    history = quiet_studio.generate([], "upload", chorale_midi, bars=2,
+                                    settings=quick(quiet_studio, instruments=["Acoustic Grand Piano"],
+                                                   max_new_tokens=8))
+    bars = quiet_studio._bars(history[-1]["pieces"][0]["ids"])
+    for (start, end), title, message in [
+        ((10, 12), "Bar range", f"bars 10-12 requested, the piece has {bars}"),  # the library's words
+        ((1, 1), "Bar range", "bars 1-1 is an empty range (bars count from 0, the end is exclusive)"),
+        ((-1, 1), "Bar range", f"bars -1-1 requested, the piece has {bars}"),
+        ((None, 1), "From bar", "Give a bar number"),
+    ]:
+        with pytest.raises(gr.Error) as err:
+            quiet_studio.regenerate_bars(history, 1, start, end, settings=quick(quiet_studio))
+        assert err.value.title == title and err.value.message.startswith(f"{title} — {message}"), err.value.message
+    with pytest.raises(gr.Error, match="the piece has no notes of program 52 to regenerate"):
+        quiet_studio.regenerate_bars(history, 1, 0, 1, ["Choir Aahs"], quick(quiet_studio))
+    with pytest.raises(gr.Error, match="no variation 2"):
+        quiet_studio.regenerate_bars(history, 2, 0, 1)
+
+
+def test_stop_before_a_regeneration_is_complete_keeps_the_piece(quiet_studio, app, chorale_midi):
+    history = quiet_studio.generate([], "upload", chorale_midi, bars=1, settings=quick(quiet_studio,
+                                                                                        max_new_tokens=8))
+    tracker = app.GenerationProgress(64)
+    tracker.cancel.set()
+    with pytest.raises(app.Unchanged) as stopped:
+        quiet_studio.regenerate_bars(history, 1, 0, 1, settings=quick(quiet_studio), progress=tracker)
+    assert stopped.value.history == history and "the piece is unchanged" in stopped.value.message
+    assert tracker.so_far() == []  # nothing is drawn while bars are rewritten
+
+
+def test_a_model_without_control_tokens_hides_them_and_says_so(app, corpus_dir, tmp_path):
+    from music_hf import MusicTokenizer
+
+    old = MusicTokenizer(miditok_config={"special_tokens": ["PAD", "BOS", "EOS", "MASK"]})
+    studio = app.Studio(save_tiny_model(tmp_path / "old", tokenizer=old), corpus_dir=corpus_dir,
+                        output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
+    assert studio.control_names == [] and studio.keys == [] and not studio.can_compose
+    assert "no control tokens" in studio.controls_note and "without the composition tokens" in \
+        studio.composition_note
+    demo = app.build_demo(studio)
+    for label in ("Key", "Notes per bar", "Notes at once", "Lowest pitch", "Highest pitch"):
+        assert component(demo, label).visible is False, label
+    assert component(demo, "Guidance (1 or 0 = off)").visible is not False  # guidance toward the genre still works
+    notes = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown) and isinstance(b.value, str)]
+    assert any("no control tokens" in n for n in notes) and any("Regenerate bars and Add a part are unavailable"
+                                                                  in n for n in notes)
+    with pytest.raises(gr.Error, match="this tokenizer has no Density token") as err:
+        studio.settings(density="8")
+    assert err.value.title == "Notes per bar"
+    studio.audio_ok = False
+    history = studio.generate([], "new", settings=studio.settings(genre="chorale", max_new_tokens=8, seed=0))
+    with pytest.raises(gr.Error, match="unavailable with this model"):
+        studio.regenerate_bars(history, 1, 0, 1, settings=studio.settings(genre="chorale"))
+
+
 # ----- the app served on localhost -----------------------------------------------------------------------
 
 def _free_port() -> int:
@@ -549,14 +754,32 @@ def test_every_endpoint_is_callable_with_its_defaults_and_names_its_outputs(serv
 
     client = Client(served_app, verbose=False)
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/generate", "/continue", "/stop", "/undo", "/find_similar"} <= set(api)
+    assert {"/generate", "/continue", "/regenerate_bars", "/add_part", "/stop", "/undo", "/find_similar"} <= set(api)
     for name, endpoint in api.items():
         assert [p["parameter_name"] for p in endpoint["parameters"] if not p["parameter_has_default"]] == [], name
         assert [r["label"] for r in endpoint["returns"] if re.fullmatch(r"value_\d+", r["label"] or "")] == [], name
     labels = [r["label"] for r in api["/generate"]["returns"]]
     assert labels[:3] == ["Status", "History", "Variation"] and "Piano roll 1" in labels and "MIDI 1" in labels
+    for name in ("/regenerate_bars", "/add_part"):  # no piece yet
+        with pytest.raises(AppError, match="No piece yet — Generate something first"):
+            client.predict(api_name=name)
     out = dict(zip(labels, client.predict(api_name="/generate")))  # a new piece, every setting at its default
     assert out["Status"].startswith("✅") and symusic.Score(out["MIDI 1"]).note_num() > 0
+    # edit it: bar 0 regenerated, then a part added (the defaults: the model's last learned instrument)
+    before = symusic.Score(out["MIDI 1"])
+    assert [r["label"] for r in api["/regenerate_bars"]["returns"]] == labels
+    out = dict(zip(labels, client.predict(api_name="/regenerate_bars")))
+    assert out["Status"].startswith("✅ Regenerated bars 0-1") and "2. Regenerated bars 0-1" in out["History"]
+    after = symusic.Score(out["MIDI 1"])
+    assert notes_of(after) and [n for n in notes_of(after) if n[0] >= bar_end_tick(after, 1)] == \
+        [n for n in notes_of(before) if n[0] >= bar_end_tick(before, 1)]
+    out = dict(zip(labels, client.predict(api_name="/add_part")))
+    assert out["Status"].startswith("✅ Added a part for Choir Aahs") and "3. Added Choir Aahs" in out["History"]
+    assert 52 in programs_of(symusic.Score(out["MIDI 1"]))
+    with pytest.raises(AppError, match="Bar range — bars 10-12 requested, the piece has"):
+        client.predict(from_bar=10, to_bar=12, api_name="/regenerate_bars")
+    with pytest.raises(AppError, match="Notes per bar — density must be a number of notes per bar >= 0, got -3"):
+        client.predict(density="-3", api_name="/add_part")
     client.predict(api_name="/stop")  # nothing under way: nothing to stop, and no error
     with pytest.raises(AppError, match="Variations — Value 0 is less than minimum value 1"):
         client.predict(variations=0, api_name="/generate")
@@ -619,5 +842,61 @@ def test_the_page_in_a_real_browser(served_app, chorale_midi, tmp_path):
             badges = page.locator("[data-testid=status-tracker]:not(.hide)").get_by_text("Error", exact=True)
             expect(badges).to_have_count(0)
             page.screenshot(path=str(artifacts / "space-rejected-upload.png"), full_page=True)
+
+            # edit variation 1: a control the tokenizer refuses, then bar 1 regenerated with density 8 (every other
+            # bar of the downloaded MIDI stays), a bar range outside the piece, a choir part added, undo twice
+            length.fill("64")
+            length.press("Enter")
+            page.get_by_role("button", name=re.compile("^Sampling")).click()
+            page.get_by_label("number input for Variations").fill("1")
+            page.get_by_label("number input for Variations").press("Enter")
+            original = download_midi(page, "MIDI 1")
+            density = page.get_by_label("Notes per bar")
+            density.fill("-3")
+            density.press("Enter")
+            page.get_by_label("From bar").fill("1")
+            page.get_by_label("To bar (not included)").fill("2")
+            regenerate = page.get_by_role("button", name=re.compile("Regenerate bars"))
+            regenerate.click()
+            expect(toast.get_by_text("Notes per bar — density must be a number of notes per bar >= 0, got -3")
+                   ).to_be_visible(timeout=60_000)
+            density.fill("8")
+            density.press("Enter")
+            regenerate.click()
+            expect(page.get_by_text("✅ Regenerated bars 1-2").first).to_be_visible(timeout=120_000)
+            expect(page.get_by_text("8 notes per bar").first).to_be_visible()  # the control reached the step
+            regenerated = download_midi(page, "MIDI 1")
+            start, end = bar_end_tick(original, 1), bar_end_tick(original, 2)
+            assert outside(notes_of(regenerated), start, end) == outside(notes_of(original), start, end)
+            assert [n for n in notes_of(regenerated) if start <= n[0] < end]
+            for close in page.get_by_test_id("toast-close").all():
+                close.click()
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(artifacts / "space-regenerated.png"), full_page=True)
+            page.get_by_role("button", name=re.compile("Add part")).click()  # the default: Choir Aahs
+            expect(page.get_by_text("✅ Added a part for Choir Aahs").first).to_be_visible(timeout=120_000)
+            accompanied = download_midi(page, "MIDI 1")
+            assert [n for n in notes_of(accompanied) if n[1] != 52] == [n for n in notes_of(regenerated)
+                                                                          if n[1] != 52]
+            assert [n for n in notes_of(accompanied) if n[1] == 52]
+            page.get_by_label("From bar").fill("10")
+            page.get_by_label("To bar (not included)").fill("12")
+            regenerate.click()
+            expect(toast.get_by_text("Bar range — bars 10-12 requested, the piece has")).to_be_visible(
+                timeout=60_000)
+            undo = page.get_by_role("button", name=re.compile("Undo"))
+            undo.click()
+            expect(page.get_by_text("Added Choir Aahs")).to_have_count(0, timeout=30_000)
+            undo.click()
+            expect(page.get_by_text("Regenerated bars 1-2")).to_have_count(0, timeout=30_000)
+            assert notes_of(download_midi(page, "MIDI 1")) == notes_of(original)
         finally:
             browser.close()
+
+
+def download_midi(page, label: str) -> symusic.Score:
+    """The MIDI file the page offers under `label`, fetched as a visitor's download would."""
+    link = page.locator(".block", has=page.get_by_text(label, exact=True)).locator("a[download]").first
+    response = page.request.get(link.get_attribute("href"))
+    assert response.ok, response.status
+    return symusic.Score.from_midi(response.body())
