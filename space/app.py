@@ -48,7 +48,7 @@ from music_hf.configuration_music import UNKNOWN_GENRE  # noqa: E402
 from music_hf.corpus import MANIFEST_NAME, default_cache_dir  # noqa: E402
 from music_hf.tokenization_music import (CONTROL_NAMES, KEY_MODES, KEY_TONICS, KIND_INDEX,  # noqa: E402
                                          MIDI_SUFFIXES)
-from music_hf.composition import check_composition_setup, accompany_piece, infill_piece  # noqa: E402
+from music_hf.composition import accompany_piece, check_composition_setup, infill_piece  # noqa: E402
 from music_hf.generation import cpu_threads_for, cut_bars, finish_sequence, generate_music, prompt_ids  # noqa: E402
 from music_hf.render import (GM_PROGRAM_NAMES, audio_available, bar_end_tick, bar_starts,  # noqa: E402
                              describe_instruments, piano_roll, pitch_name, program_name, render_audio)
