@@ -1,6 +1,8 @@
 """What scripts/evaluate.py and scripts/bench.py share: music metrics for generated pieces (pitch-class histograms
-and their distances, note density, grammar error rate), a small genre classifier to check genre control, and the
-report helpers (machine description, Markdown tables, one section of BENCHMARKS.md rewritten at a time)."""
+and their distances, note density, grammar error rate), a small genre classifier to check genre control, the
+measures of composition with control (control adherence against chance, infilling NLL and constraints,
+accompaniment), and the report helpers (machine description, Markdown tables, one section of BENCHMARKS.md
+rewritten at a time)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import math
 import os
 import platform
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,11 +20,13 @@ import numpy as np
 import symusic
 import torch
 
+from .composition import accompany_piece, infill_piece
 from .configuration_music import MusicConfig
-from .data import MusicDataCollator
-from .generation import generate_music
+from .data import MusicDataCollator, fim_arrange
+from .generation import _context_room, cut_bars, generate_music
 from .modeling_music import MusicForSequenceClassification
-from .tokenization_music import MusicTokenizer, load_score
+from .tokenization_music import (CONTROL_NAMES, DENSITY_EDGES, DRUM_PROGRAM, KEY_MODES, KEY_TONICS, MAX_POLYPHONY,
+                                 OCTAVES, MusicFileError, MusicTokenizer, load_score)
 from .training import lr_scheduler
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -196,6 +201,249 @@ def classification_scores(predicted: Sequence[int], true: Sequence[int]) -> dict
             "uniform_chance": 1.0 / len(labels), "majority_rate": float(counts.max() / len(true))}
 
 
+# ----- composition with control --------------------------------------------------------------------------
+GUIDANCE_SCALE = 3.0  # classifier-free guidance of the "guided" generations
+# bins a control can take (for the uniform chance level): keys, density bins, polyphony 1..6, (low, high) octaves
+CONTROL_BINS = {"key": len(KEY_TONICS) * len(KEY_MODES), "density": len(DENSITY_EDGES), "polyphony": MAX_POLYPHONY,
+                "pitch_range": len(OCTAVES) * (len(OCTAVES) + 1) // 2}
+# target programs of the accompaniment: the first the piece lacks (acoustic bass, piano, guitar, violin, flute)
+ACCOMPANIMENT_PROGRAMS = (32, 0, 24, 40, 73)
+
+
+def composition_unsupported(model: Any, tokenizer: MusicTokenizer) -> str | None:
+    """Why composition with control cannot be measured for this model and tokenizer, None where it can: it needs
+    REMI tokens without BPE, and a tokenizer and a model made with the composition (infill and control) tokens."""
+    if tokenizer.tokenization != "REMI" or tokenizer.miditok.is_trained:
+        return (f"composition needs REMI tokens without BPE; this tokenizer is {tokenizer.tokenization}"
+                f"{' with BPE' if tokenizer.miditok.is_trained else ''}")
+    try:
+        tokenizer.infill_ids
+        tokenizer.control_ids({"key": "C major", "density": 1, "polyphony": 1, "pitch_range": (60, 60)})
+    except ValueError:
+        return "the model's tokenizer has no composition (infill and control) tokens: it was made before them"
+    vocab = getattr(model.config, "vocab_size", None)
+    if vocab is not None and vocab < len(tokenizer):
+        return (f"the model's vocabulary has {vocab} ids, its tokenizer's {len(tokenizer)}: the model was made before "
+                "the composition (infill and control) tokens")
+    return None
+
+
+def _music_body(tokenizer: MusicTokenizer, ids: Sequence[int]) -> list[int]:
+    """`ids` without a leading BOS and anything from the first EOS on."""
+    ids = [int(i) for i in ids]
+    if ids and ids[0] == tokenizer.bos_token_id:
+        ids = ids[1:]
+    return ids[: ids.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in ids else ids
+
+
+def _bar_count(tokenizer: MusicTokenizer, ids: Sequence[int]) -> int:
+    return int(tokenizer.token_table.bar_count[np.asarray(ids, dtype=np.int64)].sum()) if len(ids) else 0
+
+
+def composition_measure(tokenizer: MusicTokenizer, ids: Sequence[int]) -> dict[str, Any]:
+    """`tokenizer.measure_controls(ids)`, with the density counted over the bars before the last one where there are
+    two bars or more: a generation (or an opening) cut at a token count ends inside its last bar."""
+    measured = tokenizer.measure_controls(ids)
+    bars = _bar_count(tokenizer, ids)
+    if bars >= 2:
+        measured["density"] = tokenizer.measure_controls(cut_bars(tokenizer, ids, bars - 1))["density"]
+    return measured
+
+
+def control_bin(tokenizer: MusicTokenizer, name: str, value: Any) -> tuple[int, ...] | None:
+    """The bin of a control value: its control-token ids (`tokenizer.control_ids`); None for no value. Two values
+    match when their bins are equal: the same key, density bin, polyphony bin, or (low, high) octaves."""
+    return None if value is None else tuple(tokenizer.control_ids({name: value}))
+
+
+def control_adherence(model: Any, tokenizer: MusicTokenizer, references: Sequence[Sequence[int]], samples: int = 16,
+                      max_new_tokens: int = 256, guidance_scale: float | None = GUIDANCE_SCALE, seed: int = 0,
+                      controls: Sequence[str] = CONTROL_NAMES, **sampling: Any) -> dict[str, Any]:
+    """How often a generation has the control it was asked for, with and without guidance, against chance.
+
+    The requests are the controls measured (`composition_measure`) on the openings of the `references` (held-out
+    pieces: their first `max_new_tokens` tokens), taken in turn, `samples` per control; each control is asked
+    alone (the others unset) and its pieces generated unprompted with grammar-constrained decoding, once without
+    guidance and once with `guidance_scale` (None or 1: not run). A piece matches when its measured value falls in
+    the requested bin (`control_bin`). Chance levels: `chance`, the share of reference openings in the requested
+    bin (what a model that ignores the control but writes like the held-out pieces would score), and
+    `uniform_chance`, 1 / the number of bins (1/24 for the key).
+    """
+    openings = [_music_body(tokenizer, r)[:max_new_tokens] for r in references]
+    measured_refs = [composition_measure(tokenizer, o) for o in openings if o]
+    guided = guidance_scale is not None and float(guidance_scale) != 1.0
+    modes = {"unguided": None, **({"guided": float(guidance_scale)} if guided else {})}
+    out: dict[str, Any] = {"references": len(measured_refs), "samples": samples, "max_new_tokens": max_new_tokens,
+                           "guidance_scale": float(guidance_scale) if guided else None, "seed": seed, "controls": {}}
+    for c, name in enumerate(controls):
+        values = [m[name] for m in measured_refs if m[name] is not None]
+        entry: dict[str, Any] = {"n": 0, "chance": float("nan"), "uniform_chance": 1.0 / CONTROL_BINS[name],
+                                 "adherence": {mode: float("nan") for mode in modes}, "pieces": []}
+        out["controls"][name] = entry
+        if not values or samples <= 0:
+            continue
+        requests = [values[i % len(values)] for i in range(samples)]
+        bins = [control_bin(tokenizer, name, v) for v in requests]
+        ref_bins = [control_bin(tokenizer, name, v) for v in values]
+        entry["n"] = samples
+        entry["chance"] = float(np.mean([np.mean([b == r for b in ref_bins]) for r in bins]))
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, b in enumerate(bins):
+            groups.setdefault(b, []).append(i)
+        got: dict[str, list[Any]] = {mode: [None] * samples for mode in modes}
+        for mode, scale in modes.items():
+            for g, (b, members) in enumerate(groups.items()):
+                pieces = generate_music(model, tokenizer, controls={name: requests[members[0]]},
+                                        max_new_tokens=max_new_tokens, num_return_sequences=len(members),
+                                        seed=seed + 1000 * c + g, guidance_scale=scale, **sampling)
+                for i, piece in zip(members, pieces):
+                    got[mode][i] = composition_measure(tokenizer, piece.ids)[name]
+            entry["adherence"][mode] = float(np.mean([control_bin(tokenizer, name, v) == b
+                                                      for v, b in zip(got[mode], bins)]))
+        entry["pieces"] = [{"requested": r, **{mode: got[mode][i] for mode in modes}} for i, r in enumerate(requests)]
+    return out
+
+
+def _fitting_bars(tokenizer: MusicTokenizer, ids: Sequence[int], limit: int) -> list[int]:
+    """The longest run of whole bars from the start of `ids` with at most `limit` tokens (at least one bar)."""
+    bars = _bar_count(tokenizer, ids)
+    for count in range(bars, 0, -1):
+        window = cut_bars(tokenizer, ids, count)
+        if len(window) <= limit or count == 1:
+            return window
+    return list(ids)
+
+
+@torch.no_grad()
+def _span_nll(model: Any, ids: Sequence[int], start: int, end: int) -> float:
+    """Summed NLL (nats) of ids[start:end] given everything before them (genre unknown)."""
+    device = next(model.parameters()).device
+    logits = model(input_ids=torch.tensor([list(ids)], device=device)).logits[0, start - 1: end - 1].float()
+    target = torch.tensor(list(ids[start:end]), device=device)
+    return float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+
+
+def infill_quality(model: Any, tokenizer: MusicTokenizer, references: Sequence[Sequence[int]], samples: int = 8,
+                   max_gap: int = 2, max_tokens: int = 1024, seed: int = 0, **sampling: Any) -> dict[str, Any]:
+    """Bar infilling on the openings of the `references` (held-out pieces; whole bars, as many as fit the model's
+    context or `max_tokens`; the pieces of which fewer than three bars fit are `skipped`, the others taken in turn),
+    each with a gap of 1 to `max_gap` bars with bars on both sides (drawn from (seed, sample)):
+
+    - `nll_fim` / `nll_left`: NLL per token (nats) of the gap's own tokens given both sides (the fill-in-the-middle
+      prompt the model is trained with: prefix, one Infill_Bar per missing bar, suffix, Infill_Start) and given the
+      left side only (plain continuation); `fim_better`: share of the gaps where both sides give the lower NLL;
+    - `exact_bars`: share of `infill_piece` calls (sampling) that return the piece with exactly the requested bars
+      in the gap and the piece's bar count (a failed call counts as a miss, its error kept in `failures`);
+    - `grammar_error_rate`: share of the infilled pieces' tokens the grammar check rejects (0 by construction).
+    """
+    room = min(_context_room(model) or max_tokens, max_tokens)
+    usable = []  # (reference index, window, bars)
+    for r, ref in enumerate(references):
+        window = _fitting_bars(tokenizer, _music_body(tokenizer, ref), room - max_gap - 3)  # BOS, Infill_Start/End
+        bars = _bar_count(tokenizer, window)
+        if bars >= 3 and len(window) + max_gap + 3 <= room:
+            usable.append((r, window, bars))
+    nll = {"fim": 0.0, "left": 0.0}
+    tokens = exact = fim_better = 0
+    outputs: list[list[int]] = []
+    failures: list[str] = []
+    cases: list[dict[str, Any]] = []
+    for i in range(samples if usable else 0):
+        r, window, bars = usable[i % len(usable)]
+        rng = np.random.default_rng([seed, i])
+        k = int(rng.integers(1, min(max_gap, bars - 2) + 1))
+        start = int(rng.integers(1, bars - k))  # at least one bar on each side
+        end = start + k
+        before, upto = cut_bars(tokenizer, window, start), cut_bars(tokenizer, window, end)
+        middle = len(upto) - len(before)
+        fim = [tokenizer.bos_token_id] + fim_arrange(window, tokenizer, bars=(start, end))
+        at = fim.index(tokenizer.infill_ids["start"]) + 1
+        left = [tokenizer.bos_token_id] + upto
+        case = {"reference": r, "bars": bars, "gap": [start, end], "tokens": middle,
+                "nll_fim": _span_nll(model, fim, at, at + middle),
+                "nll_left": _span_nll(model, left, len(before) + 1, len(left))}
+        nll["fim"] += case["nll_fim"]
+        nll["left"] += case["nll_left"]
+        tokens += middle
+        fim_better += case["nll_fim"] < case["nll_left"]
+        score = tokenizer.decode_midi(window)
+        try:
+            piece = infill_piece(model, tokenizer, score, (start, end), seed=seed + i, **sampling)
+        except (RuntimeError, ValueError, MusicFileError) as e:
+            failures.append(f"sample {i}: {e}")
+            case["exact"] = False
+        else:
+            span = piece.ids[piece.span[0]: piece.span[1]]
+            case["exact"] = _bar_count(tokenizer, span) == k and \
+                _bar_count(tokenizer, piece.ids) == _bar_count(tokenizer, tokenizer.encode_score(score))
+            outputs.append(piece.ids)
+        exact += case["exact"]
+        cases.append(case)
+    n = len(cases)
+    return {"n": n, "samples": samples, "skipped": len(references) - len(usable), "max_gap": max_gap,
+            "tokens": tokens,
+            "nll_fim": nll["fim"] / tokens if tokens else float("nan"),
+            "nll_left": nll["left"] / tokens if tokens else float("nan"),
+            "fim_better": fim_better / n if n else float("nan"), "exact_bars": exact / n if n else float("nan"),
+            "grammar_error_rate": grammar_error_rate(outputs, tokenizer) if outputs else float("nan"),
+            "failures": failures, "cases": cases}
+
+
+def _notes(score: symusic.Score) -> Counter:
+    """A Score's notes as a multiset of (program, drum, onset, duration, pitch, velocity)."""
+    return Counter((DRUM_PROGRAM if t.is_drum else int(t.program), n.time, n.duration, n.pitch, n.velocity)
+                   for t in score.tracks for n in t.notes)
+
+
+def accompaniment_quality(model: Any, tokenizer: MusicTokenizer, references: Sequence[Sequence[int]],
+                          samples: int = 4, program: int | None = None, max_tokens: int = 1024, seed: int = 0,
+                          **sampling: Any) -> dict[str, Any]:
+    """`accompany_piece` on the openings of the `references` (held-out pieces, taken in turn; whole bars, a third
+    of the model's context or of `max_tokens` at most), for `program` or else the first of
+    ACCOMPANIMENT_PROGRAMS the excerpt lacks:
+
+    - `given_kept`: share of the pieces whose given notes all come back exactly (as the tokenizer reads the input:
+      onset, duration, pitch, velocity and program), and no other note of their programs;
+    - `new_in_target`: share of the new notes (those not given) that are in the target program;
+    - `new_notes_per_bar`, `with_new_notes`: how much the new part plays (notes per bar; share of the pieces with
+      at least one new note). A failed call counts as a miss, its error kept in `failures`.
+    """
+    limit = min(_context_room(model) or max_tokens, max_tokens) // 3
+    kept = with_new = 0
+    new_total = in_target = bars_total = 0
+    failures: list[str] = []
+    programs: list[int] = []
+    n = 0
+    for i in range(samples if len(references) else 0):
+        excerpt = _fitting_bars(tokenizer, _music_body(tokenizer, references[i % len(references)]), limit)
+        score = tokenizer.decode_midi(excerpt)
+        given = _notes(tokenizer.decode_midi(tokenizer.encode_score(score)))
+        present = {key[0] for key in given}
+        target = program if program is not None else next(
+            (p for p in ACCOMPANIMENT_PROGRAMS if p not in present), ACCOMPANIMENT_PROGRAMS[0])
+        given = Counter({key: c for key, c in given.items() if key[0] != target})  # replaced, as accompany says
+        n += 1
+        programs.append(target)
+        try:
+            piece = accompany_piece(model, tokenizer, score, target, seed=seed + i, **sampling)
+        except (RuntimeError, ValueError, MusicFileError) as e:
+            failures.append(f"sample {i}: {e}")
+            continue
+        out = _notes(piece.score)
+        others = Counter({key: c for key, c in out.items() if key[0] != target})
+        new = out - given
+        kept += others == given
+        new_count = sum(new.values())
+        new_total += new_count
+        in_target += sum(c for key, c in new.items() if key[0] == target)
+        with_new += new_count > 0
+        bars_total += _bar_count(tokenizer, piece.ids)
+    return {"n": n, "programs": dict(Counter(programs)), "given_kept": kept / n if n else float("nan"),
+            "new_notes": new_total, "new_in_target": in_target / new_total if new_total else float("nan"),
+            "new_notes_per_bar": new_total / bars_total if bars_total else float("nan"),
+            "with_new_notes": with_new / n if n else float("nan"), "failures": failures}
+
+
 # ----- reports -------------------------------------------------------------------------------------------
 REPORT_PREAMBLE = """# Benchmarks
 
@@ -271,5 +519,7 @@ def update_markdown_section(path: str | os.PathLike, title: str, body: str) -> N
 
 __all__ = ["PITCH_CLASSES", "pitch_class_histogram", "histogram_distance", "notes_per_bar", "grammar_error_rate",
            "pooled_pitch_class_histogram", "mean_finite", "generate_per_genre", "train_genre_classifier",
-           "classify_genres", "classification_scores", "REPORT_PREAMBLE", "machine_description", "machine_line", "fmt",
+           "classify_genres", "classification_scores", "GUIDANCE_SCALE", "CONTROL_BINS", "ACCOMPANIMENT_PROGRAMS",
+           "composition_unsupported", "composition_measure", "control_bin", "control_adherence", "infill_quality",
+           "accompaniment_quality", "REPORT_PREAMBLE", "machine_description", "machine_line", "fmt",
            "markdown_table", "update_markdown_section"]

@@ -1,5 +1,6 @@
-"""Quality of music models on the held-out TEST split of their corpus, an ablation of the music embeddings, and
-the quality of generated music (grammar errors, pitch-class profile and note density per genre, genre control).
+"""Quality of music models on the held-out TEST split of their corpus, an ablation of the music embeddings, the
+quality of generated music (grammar errors, pitch-class profile and note density per genre, genre control), and
+composition with control (control adherence with and without guidance against chance, bar infilling, accompaniment).
 
 Results go to BENCHMARKS.md (section "Quality"), a JSON file, and `evaluation_results.json` in every evaluated
 model folder (next to `training_results.json`).
@@ -32,9 +33,10 @@ from transformers import AutoModelForCausalLM
 from transformers.hf_argparser import HfArg
 
 from .data import MusicDataCollator
-from .evaluation import (classification_scores, classify_genres, generate_per_genre, grammar_error_rate,
-                         histogram_distance, mean_finite, notes_per_bar, pooled_pitch_class_histogram,
-                         train_genre_classifier)
+from .evaluation import (ACCOMPANIMENT_PROGRAMS, GUIDANCE_SCALE, accompaniment_quality, classification_scores,
+                         classify_genres, composition_unsupported, control_adherence, generate_per_genre,
+                         grammar_error_rate, histogram_distance, infill_quality, mean_finite, notes_per_bar,
+                         pooled_pitch_class_histogram, train_genre_classifier)
 from .reports import Report
 from .tokenization_music import MusicTokenizer
 from .training import MODEL_SAMPLING, TrainConfig, build_datasets, build_model, evaluate, train
@@ -82,6 +84,12 @@ class EvaluationArguments:
     classifier_steps: int | None = HfArg(default=None, help="genre classifier steps (default 400, quick 20)")
     generation_seed: int = HfArg(default=0, help="seed of the generations and the genre classifier")
     no_generation: bool = HfArg(default=False, help="only the test-split metrics")
+    no_composition: bool = HfArg(default=False, help="skip composition with control (control adherence, infilling, "
+                                                     "accompaniment)")
+    composition_samples: int | None = HfArg(default=None, help="requests per control, infills and accompaniments "
+                                                                "(default 16, quick 2)")
+    guidance_scale: float = HfArg(default=GUIDANCE_SCALE, help="classifier-free guidance scale of the guided "
+                                                               "control-adherence generations (1: none)")
     device: str = HfArg(default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     threads: int | None = HfArg(default=None, help="torch CPU threads (none: torch's choice; quick: 1)")
 
@@ -226,6 +234,116 @@ def generation_quality(model: Any, tokenizer: MusicTokenizer, genres: list[str],
     }
 
 
+# ----- composition with control ----------------------------------------------------------------------------
+COMPOSITION_SETTINGS = ("fim_rate", "control_dropout", "genre_dropout")
+
+
+def trained_composition(model_dir: Path) -> dict[str, Any] | None:
+    """The composition settings a model was trained with (fim_rate, control_dropout, genre_dropout), read from its
+    training_results.json; None where the folder does not say."""
+    done = Path(model_dir) / "training_results.json"
+    if not done.is_file():
+        return None
+    config = json.loads(done.read_text()).get("config") or {}
+    return {k: config.get(k, TrainConfig().flat()[k]) for k in COMPOSITION_SETTINGS}
+
+
+def composition_quality(model: Any, tokenizer: MusicTokenizer, references: Any, settings: dict[str, Any],
+                        trained: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Control adherence (with and without guidance, against chance), bar infilling (NLL given both sides vs the
+    left side, exact bar count, grammar) and accompaniment (given notes kept, new notes in the target program) on
+    the held-out pieces `references` (token ids); {"skipped": why} for a model or tokenizer that cannot compose."""
+    reason = composition_unsupported(model, tokenizer)
+    if reason is None and not len(references):
+        reason = "no held-out pieces"
+    if reason is not None:
+        return {"skipped": reason, "trained_with": trained}
+    n, seed, sampling = settings["samples"], settings["seed"], settings["sampling"]
+    t0 = time.perf_counter()
+    controls = control_adherence(model, tokenizer, references, samples=n, max_new_tokens=settings["max_new_tokens"],
+                                 guidance_scale=settings["guidance_scale"], seed=seed, **sampling)
+    t1 = time.perf_counter()
+    # windows no longer than the training windows: a fill-in-the-middle prompt puts the gap's tokens last, and with
+    # learned positions a longer window scores them at positions training never saw (measured: NLL 0.92 vs 0.65)
+    infill = infill_quality(model, tokenizer, references, samples=n, seed=seed,
+                            max_tokens=settings.get("window", 1024), **sampling)
+    t2 = time.perf_counter()
+    accompaniment = accompaniment_quality(model, tokenizer, references, samples=n, seed=seed, **sampling)
+    t3 = time.perf_counter()
+    return {"controls": controls, "infill": infill, "accompaniment": accompaniment, "trained_with": trained,
+            "settings": {"samples": n, "max_new_tokens": settings["max_new_tokens"], **sampling, "seed": seed,
+                         "guidance_scale": settings["guidance_scale"]},
+            "seconds": {"controls": t1 - t0, "infill": t2 - t1, "accompaniment": t3 - t2}}
+
+
+def composition_section(report: Report, comp: dict[str, Any] | None) -> None:
+    """The subsection "Composition with control" of the report (nothing when it was not asked for)."""
+    if comp is None:
+        return
+    report.heading("Composition with control")
+    if comp.get("skipped"):
+        report.text(f"Not evaluated: {comp['skipped']}.")
+        return
+    trained = comp.get("trained_with")
+    if trained is None:
+        how = "Its training settings are unknown (no training_results.json)."
+    else:
+        how = (f"Training settings: fim_rate {trained['fim_rate']}, control_dropout {trained['control_dropout']}, "
+               f"genre_dropout {trained['genre_dropout']}.")
+        unseen = [what for what, missing in (
+            ("without control prefixes (control_dropout none): it never saw a control token, so the control rows "
+             "are a baseline", trained["control_dropout"] is None),
+            ("without fill-in-the-middle windows (fim_rate 0): it never saw an infill token, so the infilling rows "
+             "are a baseline", not trained["fim_rate"])) if missing]
+        if unseen:
+            how += " It was trained " + "; and ".join(unseen) + "."
+    c, inf, acc, st = comp["controls"], comp["infill"], comp["accompaniment"], comp["settings"]
+    guided = c["guidance_scale"]
+    report.text(f"Model: {comp.get('model', 'the evaluated model')}. {how} Held-out (test split) pieces, sampling with "
+                f"temperature {st['temperature']}, top-p {st['top_p']}, top-k {st['top_k']}, seed {st['seed']}.")
+    report.text(f"Control adherence: {c['samples']} requests per control, each the value measured on the opening "
+                f"(first {c['max_new_tokens']} tokens) of one of {c['references']} held-out pieces in turn; each "
+                f"control asked alone, unprompted, grammar-constrained, at most {c['max_new_tokens']} new tokens, "
+                "once without guidance and once with classifier-free guidance"
+                + (f" (scale {guided:g})" if guided else " (not run: guidance scale 1)") + ". Matched: share of "
+                "the pieces whose measured value falls in the requested bin (key: the Krumhansl-Kessler key of the "
+                "output equals the requested key; density: notes per bar over the bars before the last, in the same "
+                "Density bin; polyphony: the same Polyphony bin; pitch range: the same lowest and highest octaves). "
+                "Chance: the share of the held-out openings in the requested bin (what a model that ignores the "
+                "control and writes like the held-out pieces would score), and 1 / the number of bins.")
+    report.table(["control", "requests", "chance (held-out share in bin)", "chance (uniform)", "matched, no guidance",
+                  "matched, guidance" + (f" {guided:g}" if guided else ""), "matched no guidance / held-out chance"],
+                 [[name, e["n"], e["chance"], e["uniform_chance"], e["adherence"].get("unguided"),
+                   e["adherence"].get("guided"),
+                   e["adherence"].get("unguided", float("nan")) / e["chance"] if e["chance"] else float("nan")]
+                  for name, e in c["controls"].items()])
+    report.text(f"Infilling: {inf['n']} gaps of 1 to {inf['max_gap']} bars (bars on both sides) in the openings of "
+                "held-out pieces (whole bars that fit the model's context"
+                + (f"; {inf['skipped']} held-out piece{'s' if inf['skipped'] != 1 else ''} left out, fewer than "
+                   "three of their bars fit" if inf["skipped"] else "")
+                + "). NLL per token (nats) of the gap's own "
+                f"{inf['tokens']} tokens given both sides (the fill-in-the-middle prompt: prefix, one Infill_Bar per "
+                "missing bar, suffix, Infill_Start) and given the left side only (plain continuation); both sides "
+                "lower: share of the gaps where the fill-in-the-middle prompt gives the lower NLL. Exact bars: share "
+                "of sampled infills (`infill_piece`) with exactly the requested bars in the gap and the piece's bar "
+                "count; grammar errors: share of the infilled pieces' tokens the grammar check rejects.")
+    report.table(["gaps", "gap tokens", "NLL/token both sides", "NLL/token left only", "both sides lower",
+                  "exact bars", "grammar errors", "failed calls"],
+                 [[inf["n"], inf["tokens"], inf["nll_fim"], inf["nll_left"], inf["fim_better"], inf["exact_bars"],
+                   inf["grammar_error_rate"], len(inf["failures"])]])
+    programs = ", ".join(f"{p} ({n})" for p, n in acc["programs"].items()) or "-"
+    report.text(f"Accompaniment: `accompany_piece` on {acc['n']} held-out openings (whole bars, a third of the "
+                "context at most), a new part for the first of programs "
+                f"{', '.join(map(str, ACCOMPANIMENT_PROGRAMS))} the excerpt lacks. Given "
+                "kept: share of the pieces whose given notes all come back exactly (onset, duration, pitch, velocity, "
+                "program) and nothing else in their programs; in target: share of the new notes in the target "
+                "program.")
+    report.table(["pieces", "target programs (pieces)", "given notes kept", "new notes in target program",
+                  "new notes", "new notes/bar", "pieces with new notes", "failed calls"],
+                 [[acc["n"], programs, acc["given_kept"], acc["new_in_target"], acc["new_notes"],
+                   acc["new_notes_per_bar"], acc["with_new_notes"], len(acc["failures"])]])
+
+
 # ----- report ----------------------------------------------------------------------------------------------
 def quality_section(report: Report, results: dict[str, Any]) -> None:
     """The tables of the section "Quality", each with the settings it was measured with."""
@@ -291,6 +409,7 @@ def quality_section(report: Report, results: dict[str, Any]) -> None:
                                        ("generated, constrained", c["generated"]["constrained"]))])
     elif results.get("generation_skipped"):
         report.text(f"Generated music: not evaluated ({results['generation_skipped']}).")
+    composition_section(report, results.get("composition"))
     report.heading("Commands")
     report.bullets([
         "the ablation: `python scripts/evaluate.py --ablation --config scripts/configs/ablation.yaml` "
@@ -299,7 +418,9 @@ def quality_section(report: Report, results: dict[str, Any]) -> None:
         "split)",
         "a GPU-sized model: `accelerate launch scripts/train.py --config scripts/configs/gpu.yaml`, then "
         "`python scripts/evaluate.py --model outputs/gpu --generations 32 --max_new_tokens 1024`",
-        "smoke run: `python scripts/evaluate.py --quick --ablation --output_dir /tmp/quick --output /tmp/quick.md`"])
+        "smoke run: `python scripts/evaluate.py --quick --ablation --output_dir /tmp/quick --output /tmp/quick.md`",
+        "composition with control: on by default for the evaluated music model (`--composition_samples N`, "
+        "`--guidance_scale G`; `--no_composition` skips it)"])
 
 
 # ----- the run ---------------------------------------------------------------------------------------------
@@ -335,7 +456,7 @@ def run(args: EvaluationArguments, cfg: TrainConfig, command: str) -> dict[str, 
     flat = cfg.flat()
     data_for: dict[str, tuple] = {}  # windows per tokenizer (a given model may bring its own)
     gen_name = "model" if args.model else "music"
-    generation, generation_skipped = None, None
+    generation, generation_skipped, composition = None, None, None
     for name, entry in models.items():
         model, tok = load_model(Path(entry["dir"]), args.device)
         key = tok.to_json_summary() + str(tok.vocab_size)
@@ -365,12 +486,22 @@ def run(args: EvaluationArguments, cfg: TrainConfig, command: str) -> dict[str, 
                                                 cfg.data.max_length, args.device)
                 generation["model"] = entry["label"]
                 per_model["generation"] = generation
+                if not args.no_composition:
+                    composition = composition_quality(
+                        model, tok, pieces_m["test"]["input_ids"],
+                        {"samples": args.composition_samples or (2 if args.quick else 16),
+                         "max_new_tokens": settings["max_new_tokens"], "seed": args.generation_seed,
+                         "guidance_scale": args.guidance_scale, "sampling": settings["sampling"],
+                         "window": cfg.data.max_length + 5},  # + Infill_Start/End and up to 3 placeholders
+                        trained_composition(Path(entry["dir"])))
+                    composition["model"] = entry["label"]
+                    per_model["composition"] = composition
         (Path(entry["dir"]) / RESULTS_FILE).write_text(json.dumps(per_model, indent=2))
 
     data = cfg.data
     results = {
         "command": command, "machine": report.machine, "models": models, "ablation": ablation,
-        "generation": generation, "generation_skipped": generation_skipped,
+        "generation": generation, "generation_skipped": generation_skipped, "composition": composition,
         "settings": {"quick": args.quick, "config": cfg.to_dict(), "max_length": data.max_length,
                      "data": f"{', '.join(data.corpus_collections)} (music21 corpus, at most "
                              f"{data.max_pieces_per_collection} pieces each)" if not (data.midi_dir or data.hf_dataset)
@@ -391,4 +522,4 @@ def run(args: EvaluationArguments, cfg: TrainConfig, command: str) -> dict[str, 
 
 
 __all__ = ["EvaluationArguments", "settings_defaults", "match_parameters", "train_variant", "generation_quality",
-           "quality_section", "run"]
+           "trained_composition", "composition_quality", "composition_section", "quality_section", "run"]

@@ -1,6 +1,8 @@
 """Tests for issue 7: the metrics of music_hf.evaluation on real music21 pieces, the report helpers, and smoke runs
 of scripts/bench.py and scripts/evaluate.py (`--quick`, subprocesses) whose reports must hold every section and row
-with finite numbers, and ratios that follow from the measured values."""
+with finite numbers, and ratios that follow from the measured values. Issue 12: the measures of composition with
+control (control adherence against chance, infilling NLL and constraints, accompaniment) on a tiny untrained model
+and real pieces: computed, consistent with their definitions, and within their bounds."""
 
 from __future__ import annotations
 
@@ -17,10 +19,16 @@ import numpy as np
 import pytest
 import symusic
 
-from music_hf.evaluation import (classification_scores, classify_genres, fmt, grammar_error_rate,
-                                 histogram_distance, notes_per_bar, pitch_class_histogram,
-                                 pooled_pitch_class_histogram, train_genre_classifier, update_markdown_section)
-from music_hf.tokenization_music import MusicTokenizer
+from music_hf import MusicConfig, MusicForCausalLM
+from music_hf.evaluation import (ACCOMPANIMENT_PROGRAMS, CONTROL_BINS, accompaniment_quality, classification_scores,
+                                 classify_genres, composition_measure, composition_unsupported, control_adherence,
+                                 control_bin, fmt, grammar_error_rate, histogram_distance, infill_quality,
+                                 notes_per_bar, pitch_class_histogram, pooled_pitch_class_histogram,
+                                 train_genre_classifier, update_markdown_section)
+from music_hf.generation import cut_bars
+from music_hf.quality import composition_quality, composition_section
+from music_hf.reports import Report
+from music_hf.tokenization_music import CONTROL_NAMES, MusicTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 C_MAJOR_CHORALE = "bach/bwv130.6"  # music21's key analysis: C major, no accidentals in the key signature
@@ -147,6 +155,167 @@ def test_classification_scores_against_chance():
     assert scores["balanced_accuracy"] == pytest.approx(2.5 / 3)
     assert scores["uniform_chance"] == pytest.approx(1 / 3) and scores["majority_rate"] == pytest.approx(0.5)
     assert classification_scores([], [])["n"] == 0
+
+
+# ----- composition with control ----------------------------------------------------------------------------
+SAMPLING = {"temperature": 1.0, "top_p": 0.95, "top_k": 0}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """A tiny model's decoding step gains nothing from intra-op threads (5-30x slower on a busy 2-core machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(tok: MusicTokenizer) -> MusicForCausalLM:
+    import torch
+
+    torch.manual_seed(0)
+    return MusicForCausalLM(MusicConfig.from_tokenizer(tok, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                       intermediate_size=64, max_position_embeddings=256)).eval()
+
+
+@pytest.fixture(scope="module")
+def references(real_midi_paths) -> list[list[int]]:
+    """Held-out stand-ins: the first 8 bars of each real piece, as the test split holds them (BOS ... EOS)."""
+    tok = MusicTokenizer()
+    return [[tok.bos_token_id] + cut_bars(tok, tok.encode_score(p), 8) + [tok.eos_token_id] for p in real_midi_paths]
+
+
+def test_control_bins_match_values_in_the_same_token_bin(tokenizer):
+    assert control_bin(tokenizer, "key", "D minor") == control_bin(tokenizer, "key", "Dmin") \
+        != control_bin(tokenizer, "key", "D major")
+    assert control_bin(tokenizer, "density", 4.0) == control_bin(tokenizer, "density", 5.9) \
+        != control_bin(tokenizer, "density", 6.0)
+    assert control_bin(tokenizer, "polyphony", 1.2) == control_bin(tokenizer, "polyphony", 1.0)
+    assert control_bin(tokenizer, "pitch_range", (60, 72)) == control_bin(tokenizer, "pitch_range", (71, 83)) \
+        != control_bin(tokenizer, "pitch_range", (59, 83))
+    assert control_bin(tokenizer, "key", None) is None
+    assert CONTROL_BINS["key"] == 24 and CONTROL_BINS["polyphony"] == 6 and CONTROL_BINS["pitch_range"] == 55
+
+
+def test_composition_measure_counts_density_over_the_bars_before_the_last(tokenizer, real_midi_paths):
+    ids = cut_bars(tokenizer, tokenizer.encode_score(real_midi_paths[0]), 6)
+    cut = ids[: len(cut_bars(tokenizer, ids, 5)) + 3]  # five whole bars and the start of a sixth
+    assert composition_measure(tokenizer, cut)["density"] == pytest.approx(notes_per_bar(cut_bars(tokenizer, ids, 5),
+                                                                                          tokenizer))
+    whole = tokenizer.measure_controls(cut)
+    assert {k: v for k, v in composition_measure(tokenizer, cut).items() if k != "density"} == \
+        {k: v for k, v in whole.items() if k != "density"}
+
+
+def test_control_adherence_is_measured_with_and_without_guidance_against_chance(references, one_thread):
+    tok = MusicTokenizer()
+    model = tiny_model(tok)
+    r = control_adherence(model, tok, references, samples=3, max_new_tokens=40, guidance_scale=2.0, seed=0, **SAMPLING)
+    assert r["references"] == len(references) and r["guidance_scale"] == 2.0 and list(r["controls"]) == \
+        list(CONTROL_NAMES)
+    openings = [composition_measure(tok, ref[1:-1][:40]) for ref in references]
+    for name, e in r["controls"].items():
+        values = [m[name] for m in openings if m[name] is not None]
+        # the requests are the held-out openings' own values, in turn
+        assert e["n"] == 3 and [p["requested"] for p in e["pieces"]] == values[:3]
+        bins = [control_bin(tok, name, v) for v in values]
+        assert e["chance"] == pytest.approx(np.mean([np.mean([b == bins[i] for b in bins]) for i in range(3)]))
+        assert 0 < e["chance"] <= 1 and e["uniform_chance"] == pytest.approx(1 / CONTROL_BINS[name])
+        for mode in ("unguided", "guided"):
+            # the share is the pieces' own: their measured value in the requested bin
+            hits = [control_bin(tok, name, p[mode]) == control_bin(tok, name, p["requested"]) for p in e["pieces"]]
+            assert e["adherence"][mode] == pytest.approx(np.mean(hits)) and 0 <= e["adherence"][mode] <= 1
+            assert all(p[mode] is not None for p in e["pieces"]), (name, mode)  # every piece has notes
+    assert r["controls"]["key"]["uniform_chance"] == pytest.approx(1 / 24)
+    # one piece as the whole held-out set: every request is in its own bin, chance 1
+    same = control_adherence(model, tok, references[:1], samples=2, max_new_tokens=24, guidance_scale=None, **SAMPLING)
+    assert same["guidance_scale"] is None
+    assert all(e["chance"] == 1.0 and set(e["adherence"]) == {"unguided"} for e in same["controls"].values())
+
+
+def test_infill_quality_nll_both_sides_vs_left_side_exact_bars_and_no_grammar_errors(references, one_thread):
+    import torch
+
+    tok = MusicTokenizer()
+    model = tiny_model(tok)
+    r = infill_quality(model, tok, references, samples=4, seed=0, **SAMPLING)
+    # the first chorale's bars are long (four voices): fewer than three of them fit 256 positions with a gap's tokens
+    assert r["n"] == 4 and r["skipped"] == 1 and not r["failures"]
+    assert [c["reference"] for c in r["cases"]] == [1, 2, 3, 4]
+    assert r["exact_bars"] == 1.0 and r["grammar_error_rate"] == 0.0
+    assert r["tokens"] == sum(c["tokens"] for c in r["cases"]) > 0
+    for key in ("nll_fim", "nll_left"):
+        assert r[key] == pytest.approx(sum(c[key] for c in r["cases"]) / r["tokens"])
+        assert 0 < r[key] < 2 * math.log(len(tok))  # an untrained model: about log(vocabulary) per token
+    assert r["fim_better"] == pytest.approx(np.mean([c["nll_fim"] < c["nll_left"] for c in r["cases"]]))
+    for c in r["cases"]:
+        start, end = c["gap"]
+        assert 1 <= start < end <= c["bars"] - 1 and end - start <= 2  # bars on both sides, 1-2 missing
+    # the left-side NLL of the first gap, recomputed with the model's own loss over the gap's tokens
+    case = r["cases"][0]
+    ref = references[case["reference"]][1:-1]
+    window = [tok.bos_token_id] + cut_bars(tok, ref, case["bars"])
+    upto = cut_bars(tok, window[1:], case["gap"][1])
+    before = cut_bars(tok, window[1:], case["gap"][0])
+    ids = torch.tensor([[tok.bos_token_id] + upto])
+    labels = torch.full_like(ids, -100)
+    labels[0, 1 + len(before):] = ids[0, 1 + len(before):]
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=labels).loss
+    assert case["tokens"] == len(upto) - len(before)
+    assert case["nll_left"] == pytest.approx(float(loss) * case["tokens"], rel=1e-4)
+
+
+def test_accompaniment_quality_keeps_the_given_notes_and_writes_the_target_program(references, one_thread):
+    tok = MusicTokenizer()
+    model = tiny_model(tok)
+    r = accompaniment_quality(model, tok, references[:3], samples=3, seed=0, **SAMPLING)
+    assert r["n"] == 3 and not r["failures"]
+    assert r["given_kept"] == 1.0 and r["new_in_target"] == 1.0
+    assert r["new_notes"] > 0 and 0 < r["with_new_notes"] <= 1 and r["new_notes_per_bar"] > 0
+    assert set(r["programs"]) <= set(ACCOMPANIMENT_PROGRAMS) and sum(r["programs"].values()) == 3
+    forced = accompaniment_quality(model, tok, references[:1], samples=1, program=0, **SAMPLING)
+    assert forced["programs"] == {0: 1} and forced["given_kept"] == 1.0
+
+
+def test_composition_quality_reports_a_model_made_before_the_composition_tokens(references, tmp_path):
+    old = MusicTokenizer(miditok_config={"special_tokens": ["PAD", "BOS", "EOS", "MASK"]})
+    model = tiny_model(old)
+    reason = composition_unsupported(model, old)
+    assert "no composition" in reason and "made before them" in reason
+    new = MusicTokenizer()
+    assert "made before" in composition_unsupported(model, new)  # an old model with a new tokenizer
+    assert composition_unsupported(tiny_model(new), new) is None
+    settings = {"samples": 2, "max_new_tokens": 24, "seed": 0, "guidance_scale": 2.0, "sampling": SAMPLING}
+    comp = composition_quality(model, old, references, settings)
+    assert comp == {"skipped": reason, "trained_with": None}
+    report = Report("test", "cpu")
+    composition_section(report, comp)
+    text = "\n".join(report.lines)
+    assert "### Composition with control" in text and f"Not evaluated: {reason}." in text and "|" not in text
+
+
+def test_composition_quality_writes_every_table_with_numbers(references, one_thread):
+    tok = MusicTokenizer()
+    settings = {"samples": 2, "max_new_tokens": 32, "seed": 0, "guidance_scale": 2.0, "sampling": SAMPLING}
+    comp = composition_quality(tiny_model(tok), tok, references, settings,
+                               trained={"fim_rate": 0.0, "control_dropout": None, "genre_dropout": 0.0})
+    json.dumps(comp)  # the JSON results hold it
+    report = Report("test", "cpu")
+    composition_section(report, comp)
+    text = "\n".join(report.lines)
+    # the model never saw a control or infill token: the report says so
+    assert "without control prefixes" in text and "without fill-in-the-middle windows" in text
+    for name in CONTROL_NAMES:
+        row = table_rows(text, name)[0]
+        e = comp["controls"]["controls"][name]
+        assert row[2:6] == [fmt(e["chance"]), fmt(e["uniform_chance"]), fmt(e["adherence"]["unguided"]),
+                            fmt(e["adherence"]["guided"])]
+    inf, acc = comp["infill"], comp["accompaniment"]
+    assert table_rows(text, str(inf["n"]))[0][5:7] == [fmt(inf["exact_bars"]), "0"]  # exact bars, no grammar errors
+    assert inf["exact_bars"] == 1.0 and acc["given_kept"] == 1.0 and acc["new_in_target"] == 1.0
 
 
 # ----- report helpers --------------------------------------------------------------------------------------
@@ -292,6 +461,17 @@ def test_evaluate_quick_ablation_then_a_given_model(tmp_path):
     assert real["n"] > 0 and 0 <= real["accuracy"] <= 1 and real["uniform_chance"] == pytest.approx(0.5)
     real_row = table_rows(quality, "real test windows")[0]
     assert real_row[-1] == fmt(real["balanced_accuracy"] / real["uniform_chance"])
+    # composition with control, measured on the held-out pieces; the tiny run never saw a control, and says so
+    comp = r["composition"]
+    assert "### Composition with control" in quality and "without control prefixes" in quality
+    assert comp["trained_with"] == {"fim_rate": 0.0, "control_dropout": None, "genre_dropout": 0.0}
+    for name in CONTROL_NAMES:
+        e = comp["controls"]["controls"][name]
+        assert e["n"] == 2 and 0 < e["chance"] <= 1 and set(e["adherence"]) == {"unguided", "guided"}
+        assert len(table_rows(quality, name)) == 1
+    assert comp["infill"]["n"] == 2 and comp["infill"]["exact_bars"] == 1.0
+    assert comp["infill"]["grammar_error_rate"] == 0.0
+    assert comp["accompaniment"]["given_kept"] == 1.0
     first = seconds
 
     # a given model folder: evaluated on its own held-out split, the previous report section replaced
