@@ -70,3 +70,16 @@ def real_midi_bytes(real_midi_paths: list[Path]) -> list[bytes]:
 def tokenizer() -> MusicTokenizer:
     """A fresh default MusicTokenizer (REMI+, no BPE); building one takes milliseconds."""
     return MusicTokenizer()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two threads per process
+    oversubscribe the CPU (5-30x slower decoding steps); restored afterwards. Modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

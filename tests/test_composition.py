@@ -24,13 +24,7 @@ EXCERPT_BARS = 8
 STRINGS = (73, 40, 41, 42)  # flute, violin, viola, cello: a chorale's four parts as four instruments
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A tiny model's decoding step gains nothing from intra-op threads (5-30x slower on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
