@@ -82,6 +82,8 @@ class MusicGrammarLogitsProcessor(LogitsProcessor):
         self.is_drum = torch.isin(self.first_kind, torch.tensor([KIND_INDEX[k] for k in DRUM_KINDS]))
         self.is_position = self.first_position >= 0
         self.closes_notes = bool((self.event_sign < 0).any())
+        self._prev_ids: torch.Tensor | None = None  # the previous call's ids and the state after them
+        self._state: tuple[torch.Tensor, ...] | None = None
 
     def _to(self, device: torch.device) -> None:
         for name in ("first_kind", "last_kind", "first_position", "last_position", "grammar_position",
@@ -89,12 +91,9 @@ class MusicGrammarLogitsProcessor(LogitsProcessor):
                      "allowed", "is_pitched", "is_drum", "is_position"):
             setattr(self, name, getattr(self, name).to(device))
 
-    def _closable(self, input_ids: torch.Tensor, program: torch.Tensor) -> torch.Tensor:
-        """(B, V) bool: ids whose NoteOff/DrumOff events each close a note sounding in that program.
-
-        Counts NoteOn minus NoteOff per (program, pitch) over each row, as miditok's MIDILike check does;
-        `program` (B,) is the program in force after the row (miditok starts at program 0)."""
-        carried = carry_forward(self.program[input_ids])
+    def _note_counts(self, input_ids: torch.Tensor, carried: torch.Tensor) -> torch.Tensor:
+        """(B, 129*128) long: NoteOn minus NoteOff per (program, pitch) over each row; `carried` (B, L) is the
+        program in force at each token (`carry_forward` of the Program values)."""
         before = torch.cat([carried.new_full((len(carried), 1), -1), carried[:, :-1]], dim=1).clamp(min=0)
         ev_program = self.event_program[input_ids]
         ev_program = torch.where(ev_program >= 0, ev_program, before[..., None])
@@ -102,29 +101,83 @@ class MusicGrammarLogitsProcessor(LogitsProcessor):
         counts = torch.zeros(len(input_ids), (DRUM_PROGRAM + 1) * NUM_PITCHES, dtype=torch.long,
                              device=input_ids.device)
         counts.scatter_add_(1, keys.flatten(1), self.event_sign[input_ids].flatten(1))
+        return counts
+
+    def _closable_from(self, counts: torch.Tensor, program: torch.Tensor) -> torch.Tensor:
+        """(B, V) bool: ids whose NoteOff/DrumOff events each close a note sounding (per `counts`) in `program`."""
         now = program.clamp(min=0)[:, None, None]
         cand_program = torch.where(self.event_program[None] >= 0, self.event_program[None], now)
         cand_keys = cand_program * NUM_PITCHES + self.event_pitch[None].clamp(min=0)
         sounding = counts.gather(1, cand_keys.flatten(1)).view(cand_keys.shape) + self.event_credit[None]
         return ((self.event_sign[None] >= 0) | (sounding > 0)).all(-1)
 
+    def _closable(self, input_ids: torch.Tensor, program: torch.Tensor) -> torch.Tensor:
+        """(B, V) bool: ids whose NoteOff/DrumOff events each close a note sounding in that program.
+
+        Counts NoteOn minus NoteOff per (program, pitch) over each row, as miditok's MIDILike check does;
+        `program` (B,) is the program in force after the row (miditok starts at program 0)."""
+        counts = self._note_counts(input_ids, carry_forward(self.program[input_ids]))
+        return self._closable_from(counts, program)
+
+    def _scan(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The per-row state after each whole row: (program, grammar position low bound, bar length, note counts
+        or None), from a full scan of the history."""
+        carried = carry_forward(self.program[input_ids])
+        low = carry_forward(self.grammar_position[input_ids])[:, -1]
+        bar_len = carry_forward(self.bar_positions[input_ids], default=self.default_bar_positions)[:, -1]
+        counts = self._note_counts(input_ids, carried) if self.closes_notes else None
+        return carried[:, -1], low, bar_len, counts
+
+    def _advance(self, state: tuple[torch.Tensor, ...], token: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The state after one more token per row (`token` (B,)): the same values as `_scan` of the longer rows."""
+        program, low, bar_len, counts = state
+        if counts is not None:  # before the program update: a token's events sound in the program before it
+            ev_program = self.event_program[token]
+            ev_program = torch.where(ev_program >= 0, ev_program, program.clamp(min=0)[:, None])
+            keys = ev_program * NUM_PITCHES + self.event_pitch[token].clamp(min=0)
+            counts = counts.scatter_add_(1, keys, self.event_sign[token])  # counts is this processor's own
+        carry = lambda table, old: torch.where(table[token] != -1, table[token], old)  # noqa: E731
+        return (carry(self.program, program), carry(self.grammar_position, low), carry(self.bar_positions, bar_len),
+                counts)
+
+    def _state_for(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The state after `input_ids`: advanced by its last token when it is the previous call's ids plus one token
+        per row (the generate() loop), else rebuilt by a full scan (a first call, a new prompt, rows reordered by
+        beam search, another batch). The check compares the whole previous ids (one memcmp-like op), so a
+        reordering or any other change is never missed."""
+        prev, state = self._prev_ids, self._state
+        if (prev is not None and state is not None and input_ids.dim() == 2 and prev.device == input_ids.device
+                and prev.dtype == input_ids.dtype and input_ids.shape[0] == prev.shape[0]
+                and input_ids.shape[1] == prev.shape[1] + 1 and torch.equal(input_ids[:, :-1], prev)):
+            state = self._advance(state, input_ids[:, -1])
+        else:
+            state = self._scan(input_ids)
+        self._prev_ids, self._state = input_ids.clone(), state
+        return state
+
     def allowed_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, V) bool: which ids may come next after each row of `input_ids`."""
+        """(B, V) bool: which ids may come next after each row of `input_ids`.
+
+        Each call after the first reads only the new last token per row when `input_ids` extends the previous
+        call's ids by one token (see `_state_for`); the mask is the same as from a full scan of the history."""
         if self.allowed.device != input_ids.device:
             self._to(input_ids.device)
-        last = input_ids[:, -1]
+        program, low, bar_len, counts = self._state_for(input_ids)
+        return self._mask_from(input_ids[:, -1], program, low, bar_len, counts)
+
+    def _mask_from(self, last: torch.Tensor, program: torch.Tensor, low: torch.Tensor, bar_len: torch.Tensor,
+                   counts: torch.Tensor | None) -> torch.Tensor:
+        """(B, V) bool: the mask after rows ending in `last` with that state."""
         mask = self.allowed[self.last_kind[last]].clone()
         # instruments play pitches, drums drum pitches (no restriction before the first Program)
-        program = carry_forward(self.program[input_ids])[:, -1]
         mask &= ~(program == DRUM_PROGRAM)[:, None] | ~self.is_pitched[None]
         mask &= ~((program >= 0) & (program != DRUM_PROGRAM))[:, None] | ~self.is_drum[None]
         # positions: forward inside the bar, and inside the bar's length
-        low = carry_forward(self.grammar_position[input_ids])[:, -1].clamp(min=0)
-        bar_len = carry_forward(self.bar_positions[input_ids], default=self.default_bar_positions)[:, -1]
+        low = low.clamp(min=0)
         ok_pos = (self.first_position[None] >= low[:, None]) & (self.last_position[None] < bar_len[:, None])
         mask &= ok_pos | ~self.is_position[None]
-        if self.closes_notes:
-            mask &= self._closable(input_ids, program)
+        if counts is not None:
+            mask &= self._closable_from(counts, program)
         # after EOS only EOS (the row is finished); and never leave a row with nothing allowed
         finished = last == self.eos_id
         empty = ~mask.any(-1) | finished
