@@ -10,6 +10,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -203,6 +204,13 @@ def _launch(command: list[str], log: Path) -> subprocess.Popen:
                                 start_new_session=True)
 
 
+def _free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _finish(proc: subprocess.Popen, log: Path) -> dict:
     """Wait for a run; its final JSON line (the script's summary)."""
     try:
@@ -228,8 +236,10 @@ class Runs:
                   "--corpus_dir", str(self.corpus_dir), *overrides] + (["--resume"] if resume else [])
         if processes == 1:
             return [sys.executable, *script]
+        # runs started together each need their own rendezvous port (accelerate's default, 29500, is shared)
         return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *script]
+                str(processes), "--num_machines", "1", "--main_process_port", str(_free_port()),
+                "--mixed_precision", "no", "--dynamo_backend", "no", *script]
 
     def start(self, name: str, *overrides: str, processes: int = 1, resume: bool = False,
               attempt: str = "") -> tuple[subprocess.Popen, Path]:
