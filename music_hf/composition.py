@@ -73,6 +73,7 @@ class _ComposeProcessor(LogitsProcessor):
         raise NotImplementedError
 
     def _advance(self, state: Any, token: int) -> None:
+        """Update a row's state (with a `done` flag) by one generated token other than the end token."""
         raise NotImplementedError
 
     def _allowed(self, state: Any, remaining: int) -> torch.Tensor:
@@ -101,7 +102,12 @@ class _ComposeProcessor(LogitsProcessor):
         mask = torch.zeros(batch, scores.shape[-1], dtype=torch.bool)
         width = min(self.vocab, scores.shape[-1])  # ids past the tokenizer's (a padded head): never generated
         for row, (state, tokens) in enumerate(zip(self.states, new)):
-            for token in tokens:
+            for token in tokens:  # a row is done at its end token: nothing after it counts
+                if state.done:
+                    break
+                if token == self.end_id:
+                    state.done = True
+                    break
                 self._advance(state, int(token))
             allowed = self._allowed(state, remaining)
             if not allowed.any():  # cannot happen with a budget the caller checked; end rather than fail
@@ -150,11 +156,6 @@ class InfillLogitsProcessor(_ComposeProcessor):
         return _InfillState()
 
     def _advance(self, s: _InfillState, token: int) -> None:
-        if s.done:
-            return
-        if token == self.end_id:
-            s.done = True
-            return
         kind = int(self.kind[token])
         s.last = kind
         if kind == KIND_INDEX["Bar"]:
@@ -248,11 +249,6 @@ class InterleaveLogitsProcessor(_ComposeProcessor):
         return _InterleaveState(bar_length=self.initial_bar_positions)  # nothing may come before given[0]
 
     def _advance(self, s: _InterleaveState, token: int) -> None:
-        if s.done:
-            return
-        if token == self.end_id:
-            s.done = True
-            return
         kind = int(self.kind[token])
         if s.own_position:  # the new note's Program
             s.own_position, s.own_note = False, True
