@@ -341,12 +341,20 @@ class AugmentationConfig:
     velocity_jitter: int = 0  # each Velocity token moves independently by up to n bins
     duration_jitter: int = 0  # each Duration token moves by up to n bins (timing noise)
     position_jitter: int = 0  # each onset Position moves by up to n positions, keeping order inside its bar
+    velocity_dynamics: float = 0.0  # chance that a window's velocities are redrawn as dynamics over the whole range
+    program_reassign: float = 0.0  # chance that a window's instruments move to other General MIDI families
     probability: float = 1.0  # chance that a window is augmented at all
 
     @property
     def enabled(self) -> bool:
         return self.probability > 0 and any((self.pitch_shift, self.tempo_shift, self.velocity_jitter,
-                                             self.duration_jitter, self.position_jitter))
+                                             self.duration_jitter, self.position_jitter, self.velocity_dynamics,
+                                             self.program_reassign))
+
+
+#: General MIDI instrument families (program // 8) that reassignment draws from: all but "sound effects" (120-127)
+#: and "percussive" (112-119), whose sounds carry no pitch line.
+GM_FAMILIES = tuple(range(14))
 
 
 class TokenAugmenter:
@@ -364,6 +372,15 @@ class TokenAugmenter:
         # the kinds a transposition moves together (MIDILike: NoteOn and NoteOff), each over the same pitch range
         self.pitch_kinds = [k for k in ("Pitch", "NoteOn", "NoteOff") if len(self.ids[k])]
         self.bar = table.bar_count > 0
+        # Program tokens by program (-1 drums, 0-127; the table's value for drums is 128), -2 for other tokens;
+        # program_id[p] is the id of Program_p, -1 where the vocabulary lacks it
+        program_ids = tokenizer.kind_ids("Program")
+        values = table.value[program_ids].astype(np.int64)
+        self.program_value = np.full(len(table), -2, dtype=np.int64)
+        self.program_value[program_ids] = np.where(values >= 128, -1, values)
+        self.program_id = np.full(128, -1, dtype=np.int64)
+        self.program_id[values[values < 128]] = program_ids[values < 128]
+        self.beat_positions = max(1, int(max(tokenizer.miditok.config.beat_res.values())))
 
     def _shift_all(self, ids: np.ndarray, kind: str, shift: int) -> None:
         r = self.rank[kind][ids]
@@ -391,6 +408,10 @@ class TokenAugmenter:
                     self._shift_all(out, kind, shift)
         if cfg.tempo_shift:
             self._shift_all(out, "Tempo", int(rng.integers(-cfg.tempo_shift, cfg.tempo_shift + 1)))
+        if cfg.program_reassign and rng.random() < cfg.program_reassign:
+            self._reassign_programs(out, rng)
+        if cfg.velocity_dynamics and len(self.ids["Velocity"]) and rng.random() < cfg.velocity_dynamics:
+            self._dynamics(out, rng)
         if cfg.velocity_jitter:
             self._jitter(out, "Velocity", cfg.velocity_jitter, rng)
         if cfg.duration_jitter:
@@ -398,6 +419,52 @@ class TokenAugmenter:
         if cfg.position_jitter:
             self._jitter_positions(out, cfg.position_jitter, rng)
         return out.tolist()
+
+    def _reassign_programs(self, ids: np.ndarray, rng: np.random.Generator) -> None:
+        """Give each pitched instrument of the window a program of another General MIDI family (distinct families
+        while they last: a chorale's voices become strings, brass and a piano; a fiddle tune a flute or a guitar).
+        Drums stay drums. Only programs the vocabulary has are drawn."""
+        values = self.program_value[ids]
+        present = sorted({int(v) for v in values[values >= 0]})
+        if not present:
+            return
+        available = [f for f in GM_FAMILIES if (self.program_id[f * 8: f * 8 + 8] >= 0).any()]
+        order = rng.permutation(available)
+        mapping = np.arange(-2, 128)  # value + 2 -> new value
+        for n, program in enumerate(present):
+            family = int(order[n % len(order)])
+            choices = np.flatnonzero(self.program_id[family * 8: family * 8 + 8] >= 0) + family * 8
+            mapping[program + 2] = int(rng.choice(choices))
+        where = np.flatnonzero(values >= 0)
+        ids[where] = self.program_id[mapping[values[where] + 2]]
+
+    def _dynamics(self, ids: np.ndarray, rng: np.random.Generator) -> None:
+        """Redraw every Velocity as performed dynamics over the whole velocity range: a level drawn anywhere from
+        pp to ff, a crescendo/diminuendo or a swell over the window, a level per instrument (a melody over a
+        softer accompaniment), accents on downbeats and beats, and per-note variation."""
+        rank = self.rank["Velocity"][ids]
+        where = np.flatnonzero(rank >= 0)
+        if not len(where):
+            return
+        top = len(self.ids["Velocity"]) - 1
+        t = where / max(1, len(ids) - 1)
+        level = rng.uniform(0.1, 0.9) * top
+        shape = int(rng.integers(3))  # 0 steady, 1 crescendo/diminuendo, 2 swell (or dip) over the window
+        size = rng.uniform(-0.4, 0.4) * top
+        curve = level + (size * (t - 0.5) if shape == 1 else size * np.sin(np.pi * t) if shape == 2 else 0.0)
+        # the instrument and the onset position in force at each Velocity token
+        values = self.program_value[ids]
+        last_program = np.maximum.accumulate(np.where(values >= -1, np.arange(len(ids)), -1))[where]
+        programs = np.where(last_program >= 0, values[np.maximum(last_program, 0)], -2)
+        offsets = {int(p): rng.integers(-2, 3) for p in np.unique(programs)}
+        curve = curve + np.array([offsets[int(p)] for p in programs])
+        pos_rank = self.rank["Position"][ids]
+        last_pos = np.maximum.accumulate(np.where(pos_rank >= 0, np.arange(len(ids)), -1))[where]
+        position = np.where(last_pos >= 0, pos_rank[np.maximum(last_pos, 0)], -1)
+        accent = rng.integers(0, 3)
+        curve = curve + np.where(position == 0, accent, np.where(position % self.beat_positions == 0, accent / 2, 0))
+        curve = curve + rng.normal(0, 0.7, size=len(where))
+        ids[where] = self.ids["Velocity"][np.clip(np.rint(curve), 0, top).astype(np.int64)]
 
     def _jitter_positions(self, ids: np.ndarray, n: int, rng: np.random.Generator) -> None:
         """Move Position values by up to n while each stays strictly between its neighbours in the same bar."""

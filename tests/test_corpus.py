@@ -144,6 +144,17 @@ def test_manifest_written_and_loadable(prepared):
     assert sorted(loaded.entries, key=lambda e: e.source) == sorted(summary.entries, key=lambda e: e.source)
 
 
+def test_conversion_speed_is_reported_per_collection(prepared):
+    summary, _ = prepared
+    assert set(summary.conversion) == set(SUBSET) and summary.workers == 2
+    for collection, (pieces, seconds) in summary.conversion.items():
+        assert pieces == summary.pieces.get(collection, 0) + sum(
+            1 for s, _ in summary.failed if s.startswith(collection + "/"))
+        assert seconds > 0
+    text = summary.report()
+    assert "pieces/s per worker" in text and all(f"  {c}: " in text for c in SUBSET)
+
+
 def test_second_call_is_cached(prepared):
     summary, mtimes = prepared
     t0 = time.perf_counter()

@@ -547,7 +547,55 @@ def test_position_jitter_keeps_positions_increasing_in_each_bar(windows, tokeniz
     assert changed > 20
 
 
-FULL = AugmentationConfig(pitch_shift=5, tempo_shift=2, velocity_jitter=2, duration_jitter=1, position_jitter=1)
+def _program_values(tokenizer, ids) -> list[int | None]:
+    table = tokenizer.token_table
+    program_ids = set(tokenizer.kind_ids("Program").tolist())
+    return [(-1 if table.value[i] >= 128 else int(table.value[i])) if i in program_ids else None for i in ids]
+
+
+def test_program_reassign_moves_whole_instruments_across_families_and_keeps_drums(windows, tokenizer, tmp_path):
+    config = AugmentationConfig(program_reassign=1.0)
+    drum_piece = [tokenizer.bos_token_id] + tokenizer.encode_score(str(_drum_piece(tmp_path / "drums.mid")))
+    families = set()
+    for i, ids in enumerate([drum_piece, *_sample_windows(windows, 20)]):
+        for seed in range(3):
+            out = _augment(tokenizer, config, ids, seed, 0, i)
+            before, after = _program_values(tokenizer, ids), _program_values(tokenizer, out)
+            # only Program tokens change, drums stay drums, pitched parts stay pitched
+            assert [a for a, p in zip(ids, before) if p is None] == [b for b, p in zip(out, after) if p is None]
+            assert all((a == -1) == (b == -1) for a, b in zip(before, after) if a is not None)
+            # one new program per old one (the whole part moves), to a pitched General MIDI family
+            mapping = {}
+            for a, b in zip(before, after):
+                if a is not None and a >= 0:
+                    assert mapping.setdefault(a, b) == b
+                    assert 0 <= b < 112
+                    families.add(b // 8)
+            assert tokenizer.grammar_errors(out) == tokenizer.grammar_errors(ids)
+            assert tokenizer.decode_midi(out).note_num() == tokenizer.decode_midi(ids).note_num()
+    assert len(families) >= 10  # strings, brass, reeds, guitars... not only the corpus's piano and choir
+
+
+def test_velocity_dynamics_span_the_whole_range(windows, tokenizer, ranks):
+    config = AugmentationConfig(velocity_dynamics=1.0)
+    levels, spans, bins = [], [], set()
+    for i, ids in enumerate(_sample_windows(windows, 30)):
+        out = _augment(tokenizer, config, ids, 0, 0, i)
+        assert _changed_kinds(ranks, ids, out) <= {"Velocity"}
+        after = ranks["Velocity"][np.asarray(out)]
+        after = after[after >= 0]
+        levels.append(after.mean())
+        spans.append(after.max() - after.min())
+        bins |= set(after.tolist())
+        assert tokenizer.grammar_errors(out) == tokenizer.grammar_errors(ids)
+    top = len(tokenizer.value_tables()["Velocity"]) - 1
+    assert len(bins) >= top - 1  # pp to ff, where the corpus has one score velocity
+    assert min(levels) < 0.35 * top and max(levels) > 0.65 * top  # soft and loud windows
+    assert np.median(spans) >= 3  # dynamics inside a window, not one level
+
+
+FULL = AugmentationConfig(pitch_shift=5, tempo_shift=2, velocity_jitter=2, duration_jitter=1, position_jitter=1,
+                          velocity_dynamics=0.5, program_reassign=0.5)
 
 
 def test_augmented_windows_stay_grammatical_with_the_same_notes(windows, tokenizer):

@@ -59,6 +59,8 @@ class DataSummary:
     converted: int = 0
     cached: int = 0
     elapsed_s: float = 0.0
+    workers: int = 0
+    conversion: dict[str, tuple[int, float]] = field(default_factory=dict)  # collection -> (pieces, worker seconds)
 
     @classmethod
     def of_corpus(cls, entries: list[CorpusEntry], failed: list[tuple[str, str]], output_dir: str,
@@ -72,6 +74,7 @@ class DataSummary:
     def from_dict(cls, data: dict[str, Any]) -> DataSummary:
         """Inverse of ``dataclasses.asdict`` (JSON turns the failure pairs into lists)."""
         return cls(**data | {"failed": [tuple(f) for f in data.get("failed", [])],
+                             "conversion": {c: tuple(v) for c, v in data.get("conversion", {}).items()},
                              "entries": [CorpusEntry(**e) for e in data.get("entries", [])]})
 
     def report(self, max_failures: int = 10) -> str:
@@ -83,6 +86,11 @@ class DataSummary:
         lines = [head, f"pieces: {self.pieces}"]
         if self.tokens:
             lines.append(f"tokens: {self.tokens}")
+        if self.conversion:
+            lines.append(f"converted now, per collection ({self.workers} worker process(es)): pieces, worker seconds, "
+                         "pieces/s per worker")
+            lines += [f"  {c}: {n} pieces, {sec:.1f} s, {n / sec if sec else float('inf'):.2f}/s"
+                      for c, (n, sec) in sorted(self.conversion.items(), key=lambda kv: -kv[1][1])]
         lines += [f"genres: {self.genres}", f"skipped: {len(self.failed)} file(s)"]
         lines += [f"  {source}: {why}" for source, why in self.failed[:max_failures]]
         if len(self.failed) > max_failures:

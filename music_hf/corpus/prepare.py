@@ -59,6 +59,12 @@ def _plan(corpus_dir: str, collections: Sequence[str], max_pieces: int | None) -
     return pieces
 
 
+def _timed_task(task: ConversionTask) -> tuple[tuple[list[CorpusEntry], list[tuple[str, str]]], float]:
+    """`run_task` in a worker, with the worker's seconds (for pieces/s per collection)."""
+    t0 = time.perf_counter()
+    return run_task(task), time.perf_counter() - t0
+
+
 def _make_tasks(pieces: Sequence[_Piece], output_dir: str, timeout: float | None) -> list[ConversionTask]:
     """Group pending pieces into worker tasks (ABC tunes in chunks), costliest first."""
     by_file: dict[str, list[_Piece]] = {}
@@ -156,16 +162,21 @@ def prepare_corpus(
     tasks = _make_tasks(pending, output_dir, timeout)
     workers = num_workers if num_workers is not None else (os.cpu_count() or 1)
     n_converted = 0
+    rates: dict[str, list] = {}  # collection -> [pieces converted now, worker seconds]
 
     with open(os.path.join(output_dir, MANIFEST_NAME), "a", encoding="utf-8") as mf, \
             open(os.path.join(output_dir, FAILURES_NAME), "a", encoding="utf-8") as ff, \
             tqdm(total=sum(len(t.keys) for t in tasks), desc="Converting corpus", unit="piece",
                  disable=not progress or not tasks) as pbar:
 
-        def on_result(task: ConversionTask, result: tuple[list[CorpusEntry], list[tuple[str, str]]]) -> None:
+        def on_result(task: ConversionTask, timed: tuple[tuple[list[CorpusEntry], list[tuple[str, str]]], float]
+                      ) -> None:
             """Append to the manifest as results come, so an interrupted run keeps its work."""
             nonlocal n_converted
-            new_entries, new_failed = result
+            (new_entries, new_failed), seconds = timed
+            speed = rates.setdefault(task.collection, [0, 0.0])
+            speed[0] += len(task.keys)
+            speed[1] += seconds
             for e in new_entries:
                 known_entries[e.source] = e
                 mf.write(json.dumps(entry_row(e, output_dir), ensure_ascii=False) + "\n")
@@ -179,9 +190,9 @@ def prepare_corpus(
             pbar.update(len(task.keys))
 
         def on_error(task: ConversionTask, reason: str) -> None:
-            on_result(task, ([], [(key, reason) for key in task.keys]))
+            on_result(task, (([], [(key, reason) for key in task.keys]), 0.0))
 
-        run_tasks(run_task, tasks, workers, on_result, on_error)
+        run_tasks(_timed_task, tasks, workers, on_result, on_error)
 
     # ---- rewrite the manifest compactly (deduplicated, sorted) and summarise
     for source in list(known_failures):
@@ -200,4 +211,5 @@ def prepare_corpus(
     entries = [e for s, e in sorted(known_entries.items()) if _piece_key(s) in selected]
     failed = [(s, r) for s, r in sorted(known_failures.items()) if _piece_key(s) in selected]
     return DataSummary.of_corpus(entries, failed, output_dir, converted=n_converted, cached=n_cached,
-                                 elapsed_s=time.perf_counter() - t0)
+                                 elapsed_s=time.perf_counter() - t0, workers=min(workers, max(1, len(tasks))),
+                                 conversion={c: (n, round(sec, 3)) for c, (n, sec) in sorted(rates.items())})
