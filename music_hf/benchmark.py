@@ -1,7 +1,9 @@
 """Speed of music-hf, each figure next to a reference measured in the same run: tokenization (MusicTokenizer vs
 miditok called directly, one process and `datasets.map` with 2 processes), training throughput, memory and model
 FLOPs utilization (MusicForCausalLM vs transformers' GPT2LMHeadModel of the same shape, on the same batches), and
-generation (new tokens/s with the KV cache vs GPT-2, and the KV cache's speedup over none).
+generation in the shape of scripts/configs/small.yaml (batch-1 tokens/s of GPT-2, ours eager, ours grammar-constrained
+and ours with the fast CPU backends side by side; batch 8; the KV cache's speedup; the real-time factor of
+`generate_music`; the int8 backend's NLL change; memory per token of training and generation).
 
 Writes the section "Speed" of BENCHMARKS.md and a JSON file with every measurement.
 
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 from torch import nn
 from transformers.hf_argparser import HfArg
@@ -71,8 +74,16 @@ class Settings:
     gen_tokens: int = 256
     gen_batches: tuple[int, ...] = (1, 8)
     gen_reps: int = 5
+    # generation measures the shape of scripts/configs/small.yaml (width 192, MLP 768, conv kernel 4; GPT-2 has no
+    # conv): what the CPU quickstart trains and the Space runs
+    gen_hidden_size: int = 192
+    gen_intermediate_size: int = 768
+    gen_conv_kernel_size: int = 4
     cache_tokens: int = 1024
     cache_reps: int = 3
+    rtf_tokens: int = 256
+    rtf_reps: int = 3
+    nll_windows: int = 4
     matmul_size: int = 2048
     mixed_precision: str = "no"
 
@@ -80,11 +91,13 @@ class Settings:
         return replace(self, collections=("bach", "essenFolksong"), pieces_per_collection=8, token_reps=2, map_reps=1,
                        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, context=64,
                        batch_size=4, train_warmup=1, train_reps=2, steps_per_rep=1, gen_tokens=16, gen_reps=1,
-                       cache_tokens=48, cache_reps=1, matmul_size=256)
+                       gen_hidden_size=32, gen_intermediate_size=64, cache_tokens=48, cache_reps=1, rtf_tokens=16,
+                       rtf_reps=1, nll_windows=2, matmul_size=256)
 
     def for_cuda(self) -> Settings:  # the shape of scripts/configs/gpu.yaml, in bf16
         return replace(self, hidden_size=512, num_hidden_layers=8, num_attention_heads=8, intermediate_size=2048,
-                       context=1024, batch_size=16, matmul_size=8192, mixed_precision="bf16")
+                       context=1024, batch_size=16, matmul_size=8192, mixed_precision="bf16", gen_hidden_size=512,
+                       gen_intermediate_size=2048)
 
 
 # ----- timing ----------------------------------------------------------------------------------------------
@@ -154,6 +167,18 @@ def model_config(s: Settings, architecture: str, max_positions: int | None = Non
                                  num_hidden_layers=s.num_hidden_layers, num_attention_heads=s.num_attention_heads,
                                  intermediate_size=s.intermediate_size,
                                  max_position_embeddings=max_positions or s.context, conv_kernel_size=0)
+
+
+def generation_config(s: Settings, architecture: str, max_positions: int) -> TrainConfig:
+    """The generation benchmark's shape (scripts/configs/small.yaml's on the CPU); the conv is ours only."""
+    return TrainConfig().replace(architecture=architecture, hidden_size=s.gen_hidden_size,
+                                 num_hidden_layers=s.num_hidden_layers, num_attention_heads=s.num_attention_heads,
+                                 intermediate_size=s.gen_intermediate_size, max_position_embeddings=max_positions,
+                                 conv_kernel_size=s.gen_conv_kernel_size if architecture == "music" else 0)
+
+
+def load_now() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
 def make_batches(ids: list[list[int]], s: Settings, n: int, vocab: int) -> list[dict[str, torch.Tensor]]:
@@ -249,10 +274,13 @@ def bench_training(tokenizer: MusicTokenizer, ids: list[list[int]], s: Settings,
     return results
 
 
-def memory_in_subprocess(arch: str, s: Settings, device: torch.device) -> dict[str, Any]:
-    """Peak training memory of one model, measured in a fresh process (see `memory_worker`)."""
+def memory_in_subprocess(arch: str, s: Settings, device: torch.device, mode: str = "train",
+                         backend: str = "torch") -> dict[str, Any]:
+    """Peak training (or generation, `mode="generate"`) memory of one model, measured in a fresh process (see
+    `memory_worker`)."""
     cmd = [sys.executable, "-m", __name__, json.dumps({"arch": arch, "settings": asdict(s), "device": str(device),
-                                                       "threads": torch.get_num_threads()})]
+                                                       "threads": torch.get_num_threads(), "mode": mode,
+                                                       "backend": backend})]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"memory worker for {arch} failed:\n{out.stderr[-3000:]}")
@@ -264,15 +292,30 @@ def current_rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def peak_rss() -> int:
+    """The process's peak resident set since the last reset (/proc/self/status VmHWM, which writing 5 to
+    /proc/self/clear_refs resets; getrusage's maxrss, the fallback, also keeps peaks of exited threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
 def memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Build one model, then train it a few steps: on CUDA, the peak allocated memory above what was allocated
-    before the first step; on CPU, the peak resident set size (getrusage maxrss) above the RSS before the first
+    before the first step; on CPU, the peak resident set size (`peak_rss`) above the RSS before the first
     step (torch's allocations bypass tracemalloc). Covers activations, gradients and optimizer state."""
     s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["settings"].items()})
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     tokenizer = MusicTokenizer()
     torch.manual_seed(0)
+    if spec.get("mode") == "generate":
+        return generation_memory(spec, s, device, tokenizer)
     model = build_model(model_config(s, spec["arch"]), tokenizer, [UNKNOWN_GENRE]).to(device).train()
     batches = make_batches([], s, 2, len(tokenizer))  # memory does not depend on the ids: random ones do
     step = training_step_fn(model, batches, device, s)
@@ -293,53 +336,191 @@ def memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
         pass
     for _ in range(3):
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    peak = peak_rss()
     return {"method": "peak RSS (reset before the first step) minus RSS before it",
             "peak_bytes": max(0, peak - before), "rss_before_bytes": before}
 
 
+def generation_memory(spec: dict[str, Any], s: Settings, device: torch.device,
+                      tokenizer: MusicTokenizer) -> dict[str, Any]:
+    """Memory of a batch-1 greedy generation of `gen_tokens` new tokens: the bytes of the cache it ends with (keys,
+    values and, for ours, the fixed-size conv and music-attribute states) per token of the sequence, and the
+    process's peak memory while generating (model, libraries, ONNX Runtime session included), measured on a second
+    generation after a first of the same length (so that code and allocator pools are already in place)."""
+    from .fast_inference import fast_model
+
+    model = build_model(generation_config(s, spec["arch"], s.gen_tokens + 64), tokenizer,
+                        [UNKNOWN_GENRE]).to(device).eval()
+    runner = fast_model(model, spec.get("backend", "torch")) if spec["arch"] == "music" else model
+    prompt = torch.full((1, 1), tokenizer.bos_token_id, device=device)
+
+    def generate() -> Any:
+        with torch.inference_mode():
+            return runner.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=s.gen_tokens,
+                                   min_new_tokens=s.gen_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                   eos_token_id=tokenizer.eos_token_id, return_dict_in_generate=True)
+    generate()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        out = generate()
+        torch.cuda.synchronize(device)
+        peak, method = torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
+    else:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+        out = generate()
+        peak = peak_rss()
+        method = "peak RSS of the process"
+    cache = getattr(out, "past_key_values", None)
+    cache_bytes = None
+    if cache is not None:  # (the ONNX loop returns no cache: its arrays are the same as eager's)
+        tensors = [t for layer in cache.layers for t in (getattr(layer, "keys", None), getattr(layer, "values", None),
+                                                         *getattr(layer, "conv_states", {}).values())
+                   if isinstance(t, torch.Tensor)]
+        cache_bytes = sum(t.numel() * t.element_size() for t in tensors)
+    return {"method": method, "peak_bytes": peak, "cache_bytes": cache_bytes, "sequence": s.gen_tokens + 1}
+
+
 # ----- generation ------------------------------------------------------------------------------------------
-def bench_generation(tokenizer: MusicTokenizer, s: Settings, device: torch.device) -> dict[str, Any]:
-    """Greedy generation of a fixed number of new tokens (min_new_tokens = max_new_tokens) from a BOS prompt."""
-    positions = max(s.cache_tokens, s.gen_tokens) + 64
+def bench_generation(tokenizer: MusicTokenizer, s: Settings, device: torch.device,
+                     ids: list[list[int]] | None = None) -> dict[str, Any]:
+    """Generation of the small.yaml shape against GPT-2 of the same width, layers, heads and MLP: greedy, a fixed
+    number of new tokens (min_new_tokens = max_new_tokens) from a BOS prompt. Batch 1 side by side: GPT-2, ours
+    eager (unconstrained and grammar-constrained), ours with the fast CPU backends (constrained); then batch 8,
+    the KV cache's speedup, the real-time factor of `generate_music`, the int8 backend's NLL change and the peak
+    memory of generation. The 1-min load average is recorded around each part."""
+    from .fast_inference import available_backends, fast_model, sequence_nll
+    from .generation import MusicGrammarLogitsProcessor, generate_music
+
+    positions = max(s.cache_tokens, s.gen_tokens, s.rtf_tokens) + 64
     models = {}
     for arch in ("music", "gpt2"):
         torch.manual_seed(0)
-        models[arch] = build_model(model_config(s, arch, positions), tokenizer, [UNKNOWN_GENRE]).to(device).eval()
+        models[arch] = build_model(generation_config(s, arch, positions), tokenizer, [UNKNOWN_GENRE]).to(device).eval()
+    fast = ([b for b in available_backends() if b != "torch"] if device.type == "cpu" else [])
+    runners = {"gpt2": models["gpt2"], "music": models["music"],
+               **{b: fast_model(models["music"], b) for b in fast}}
+    outputs: dict[str, torch.Tensor] = {}
 
-    def gen(model: nn.Module, batch: int, new: int, use_cache: bool) -> Callable[[], None]:
+    def gen(name: str, batch: int, new: int, use_cache: bool = True, constrained: bool = False
+            ) -> Callable[[], None]:
+        model = runners[name]
         prompt = torch.full((batch, 1), tokenizer.bos_token_id, device=device)
 
         def run() -> None:
+            processors = [MusicGrammarLogitsProcessor(tokenizer)] if constrained else []
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                         enabled=s.mixed_precision == "bf16"):
                 out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
                                      min_new_tokens=new, do_sample=False, use_cache=use_cache,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                     logits_processor=processors, pad_token_id=tokenizer.pad_token_id,
+                                     eos_token_id=tokenizer.eos_token_id)
             if out.shape[1] != new + 1:
                 raise RuntimeError(f"generated {out.shape[1] - 1} tokens, expected {new}")
+            outputs[f"{name}{'_constrained' if constrained else ''}_{batch}"] = out
         return run
 
-    results: dict[str, Any] = {"new_tokens": s.gen_tokens, "batch": {}}
+    def timed(fns: dict[str, Callable[[], None]], reps: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
+        load = {"load_start": load_now()}
+        times = interleaved(fns, reps, device)
+        load["load_end"] = load_now()
+        return times, load
+
+    results: dict[str, Any] = {"new_tokens": s.gen_tokens, "threads": torch.get_num_threads(),
+                               "fast_backends": fast, "batch": {}}
+    # batch 1, side by side: GPT-2, ours eager, ours eager constrained, ours fast backends constrained
+    fns = {"gpt2": gen("gpt2", 1, s.gen_tokens), "music": gen("music", 1, s.gen_tokens),
+           "music_constrained": gen("music", 1, s.gen_tokens, constrained=True),
+           **{f"{b}_constrained": gen(b, 1, s.gen_tokens, constrained=True) for b in fast}}
+    for name in fns:  # warm-up (and the ONNX Runtime sessions' first runs)
+        gen(name.removesuffix("_constrained"), 1, 4, constrained=name.endswith("_constrained"))()
+    times, load = timed(fns, s.gen_reps)
+    side = {name: {"seconds": median(t), "tokens_per_s": s.gen_tokens / median(t), "all_seconds": t}
+            for name, t in times.items()}
+    for row in side.values():
+        row["vs_gpt2"] = row["tokens_per_s"] / side["gpt2"]["tokens_per_s"]
+        row["vs_eager_constrained"] = row["tokens_per_s"] / side["music_constrained"]["tokens_per_s"]
+    side["constrained_overhead"] = side["music_constrained"]["seconds"] / side["music"]["seconds"] - 1
+    for b in fast:  # greedy: the same tokens as the eager model?
+        side[f"{b}_constrained"]["same_tokens_as_eager"] = bool(torch.equal(outputs[f"{b}_constrained_1"],
+                                                                            outputs["music_constrained_1"]))
+    results["batch1"] = {**side, **load}
+    # batches of 1 and 8, eager, unconstrained
     for batch in s.gen_batches:
-        fns = {arch: gen(m, batch, s.gen_tokens, True) for arch, m in models.items()}
-        for model in models.values():
-            gen(model, batch, 4, True)()  # warm-up
-        times = interleaved(fns, s.gen_reps, device)
+        fns = {arch: gen(arch, batch, s.gen_tokens) for arch in ("music", "gpt2")}
+        for arch in fns:
+            gen(arch, batch, 4)()
+        times, load = timed(fns, s.gen_reps)
         row = {arch: {"seconds": median(t), "tokens_per_s": batch * s.gen_tokens / median(t), "all_seconds": t}
                for arch, t in times.items()}
         row["ratio"] = row["music"]["tokens_per_s"] / row["gpt2"]["tokens_per_s"]
-        results["batch"][str(batch)] = row
-    fns = {f"{arch}_{mode}": gen(m, 1, s.cache_tokens, mode == "cache") for arch, m in models.items()
+        results["batch"][str(batch)] = {**row, **load}
+    # KV cache against none
+    fns = {f"{arch}_{mode}": gen(arch, 1, s.cache_tokens, mode == "cache") for arch in ("music", "gpt2")
            for mode in ("cache", "no_cache")}
-    times = interleaved(fns, s.cache_reps, device)
-    results["cache"] = {"new_tokens": s.cache_tokens}
-    for arch in models:
+    times, load = timed(fns, s.cache_reps)
+    results["cache"] = {"new_tokens": s.cache_tokens, **load}
+    for arch in ("music", "gpt2"):
         with_cache, without = median(times[f"{arch}_cache"]), median(times[f"{arch}_no_cache"])
         results["cache"][arch] = {"cache_seconds": with_cache, "no_cache_seconds": without,
                                   "speedup": without / with_cache, "all_seconds": {
                                       "cache": times[f"{arch}_cache"], "no_cache": times[f"{arch}_no_cache"]}}
+    results["real_time"] = bench_real_time(models["music"], tokenizer, s, ["torch", *fast], generate_music)
+    results["int8_nll"] = bench_nll(models["music"], tokenizer, s, ids, fast, sequence_nll)
+    runs = [("music", "music", "torch"), ("gpt2", "gpt2", "torch")] + ([("onnx", "music", "onnx")] if "onnx" in fast
+                                                                         else [])
+    load = {"load_start": load_now()}
+    results["memory"] = {name: memory_in_subprocess(arch, s, device, mode="generate", backend=backend)
+                         for name, arch, backend in runs}
+    results["memory"].update(load, load_end=load_now())
     return results
+
+
+def bench_real_time(model: nn.Module, tokenizer: MusicTokenizer, s: Settings, backends: list[str],
+                    generate_music: Callable) -> dict[str, Any]:
+    """Seconds of music per second of compute: `generate_music` as users call it (batch 1, grammar-constrained,
+    sampling with the model's defaults and a fixed seed, unprompted), the music's length from the decoded Score's
+    end in seconds. The model is the benchmark's untrained one: its pieces are grammatical, their density is not a
+    trained model's."""
+    pieces: dict[str, Any] = {}
+
+    def run(backend: str) -> Callable[[], None]:
+        def call() -> None:
+            with torch.inference_mode():
+                pieces[backend] = generate_music(model, tokenizer, max_new_tokens=s.rtf_tokens, seed=0,
+                                                 backend=backend)[0]
+        return call
+    fns = {b: run(b) for b in backends}
+    for fn in fns.values():
+        fn()
+    load = {"load_start": load_now()}
+    times = interleaved(fns, s.rtf_reps, torch.device("cpu"))
+    load["load_end"] = load_now()
+    out: dict[str, Any] = {"max_new_tokens": s.rtf_tokens, **load}
+    for b, t in times.items():
+        piece = pieces[b]
+        music = float(piece.score.to("second").end())
+        out[b] = {"seconds": median(t), "music_seconds": music, "real_time_factor": music / median(t),
+                  "new_tokens": len(piece.ids) - piece.prompt_length, "all_seconds": t}
+    return out
+
+
+def bench_nll(model: nn.Module, tokenizer: MusicTokenizer, s: Settings, ids: list[list[int]] | None,
+              backends: list[str], sequence_nll: Callable) -> dict[str, Any]:
+    """NLL per token of corpus windows (BOS + the first `gen_tokens` ids of the first pieces) under PyTorch and
+    each fast backend (teacher forcing through its decoding step), on the benchmark's untrained model."""
+    windows = [[tokenizer.bos_token_id] + piece[:s.gen_tokens] for piece in (ids or []) if len(piece) >= s.gen_tokens]
+    windows = windows[:s.nll_windows]
+    if not windows or not backends:
+        return {}
+    with torch.inference_mode():
+        nll = {b: float(np.mean([sequence_nll(model, w, b) for w in windows])) for b in ["torch", *backends]}
+    return {"windows": len(windows), "tokens": s.gen_tokens, "nll": nll,
+            "relative_change": {b: nll[b] / nll["torch"] - 1 for b in backends}}
 
 
 # ----- report ----------------------------------------------------------------------------------------------
@@ -352,7 +533,8 @@ def speed_section(report: Report, r: dict[str, Any]) -> None:
     report.text("`tokenizer(path)['input_ids']` (MusicTokenizer: file checks, miditok, a transformers "
                 "`BatchEncoding`) against `tokenizer.miditok.encode(path).ids`; median of "
                 f"{s['token_reps']} passes in one process, {s['map_reps']} through `datasets.map(batched=True, "
-                "num_proc=2)` (process start-up included). Time vs miditok: our time over miditok's.")
+                "num_proc=2)` (process start-up included). Time vs miditok: our time over miditok's. "
+                f"{_load(tok).capitalize()}.")
     rows = []
     for mode, label in (("single_process", "1 process"), ("datasets_map_2_proc", "datasets.map, num_proc=2")):
         for name in ("miditok", "music_hf"):
@@ -371,7 +553,7 @@ def speed_section(report: Report, r: dict[str, Any]) -> None:
                 f"{tr['music']['memory']['method']}, each model in a fresh process. FLOPs per token: 6 x the "
                 "parameters in matrix multiplies (linear layers and LM head) + 12 x layers x context x width for "
                 f"attention. MFU: achieved FLOP/s over the {mm['dtype']} peak of a {mm['size']} x {mm['size']} "
-                f"matmul measured interleaved with the steps ({mm['gflops']:.1f} GFLOP/s).")
+                f"matmul measured interleaved with the steps ({mm['gflops']:.1f} GFLOP/s). {_load(tr).capitalize()}.")
     rows = [[label, tr[a]["parameters"], tr[a]["tokens_per_s"], tr[a]["step_seconds"] * 1000,
              tr[a]["memory"]["peak_bytes"] / 2**20, tr[a]["gflop_per_token"] * 1000, tr[a]["achieved_gflops"],
              tr[a]["mfu"]] for a, label in (("music", "MusicForCausalLM"), ("gpt2", "GPT-2"))]
@@ -383,22 +565,94 @@ def speed_section(report: Report, r: dict[str, Any]) -> None:
     report.table(["model", "parameters", "tokens/s", "ms/step", "peak memory MiB", "MFLOP/token", "GFLOP/s", "MFU"],
                  rows)
 
-    report.heading(f"Generation (same shape, greedy, exactly {gen['new_tokens']} new tokens from a BOS prompt)")
-    report.text(f"New tokens per second with the KV cache, median of {s['gen_reps']} runs after a warm-up.")
+    report.heading(f"Generation (width {s['gen_hidden_size']}, {s['num_hidden_layers']} layers, "
+                   f"{s['num_attention_heads']} heads, MLP {s['gen_intermediate_size']}, conv kernel "
+                   f"{s['gen_conv_kernel_size']}: the shape of scripts/configs/small.yaml; GPT-2 of the same width, "
+                   "layers, heads and MLP, without the conv)")
+    b1 = gen["batch1"]
+    fast = gen.get("fast_backends", [])
+    report.text(f"Batch 1, greedy, exactly {gen['new_tokens']} new tokens from a BOS prompt with the KV cache, all "
+                f"in one run: median of {s['gen_reps']} runs each, interleaved, after a warm-up; torch "
+                f"{gen['threads']} threads (ONNX Runtime as many); {_load(b1)}. Constrained: transformers' `generate` "
+                "with `MusicGrammarLogitsProcessor` (what `generate_music` adds). Fast backends: "
+                "`music_hf.fast_inference` (`generate_music(..., backend=...)`): the decoding step in ONNX Runtime "
+                "after a PyTorch prefill, in transformers' decoding loop reduced to its steps; `onnx-int8` with int8 "
+                "matrix multiplies. Same tokens: its greedy tokens equal the eager constrained run's (int8 changes "
+                "the probabilities a little, see the NLL table below, so its greedy choice can differ).")
+    labels = [("gpt2", "GPT-2, eager, unconstrained"), ("music", "ours, eager, unconstrained"),
+              ("music_constrained", "ours, eager, grammar-constrained"),
+              *((f"{b}_constrained", f"ours, backend {b}, grammar-constrained") for b in fast)]
+    report.table(["model, decoding", "tokens/s", "vs GPT-2", "vs ours eager constrained", "same tokens"],
+                 [[label, b1[k]["tokens_per_s"], b1[k]["vs_gpt2"], b1[k]["vs_eager_constrained"],
+                   {True: "yes", False: "no"}.get(b1[k].get("same_tokens_as_eager"), "-")] for k, label in labels])
+    best = max([b1["music_constrained"]["tokens_per_s"]] + [b1[f"{b}_constrained"]["tokens_per_s"] for b in fast])
+    report.text(f"The grammar constraint costs {b1['constrained_overhead']:.1%} of the eager unconstrained time. "
+                f"Issue #13's targets: eager constrained >= 1.3 x GPT-2 (measured "
+                f"{b1['music_constrained']['vs_gpt2']:.2f} x), the constraint <= 10 % (measured "
+                f"{b1['constrained_overhead']:.1%}), a fast backend >= 2 x eager (measured "
+                f"{best / b1['music_constrained']['tokens_per_s']:.2f} x for the fastest).")
+    batches = gen["batch"]
+    report.text(f"Eager, unconstrained, by batch size (median of {s['gen_reps']}; "
+                f"{_load(next(iter(batches.values())))} for batch {next(iter(batches))}):")
     report.table(["batch", "MusicForCausalLM tokens/s", "GPT-2 tokens/s", "ratio music / GPT-2"],
                  [[batch, row["music"]["tokens_per_s"], row["gpt2"]["tokens_per_s"], row["ratio"]]
-                  for batch, row in gen["batch"].items()])
+                  for batch, row in batches.items()])
     report.text(f"KV cache against no cache, batch 1, {gen['cache']['new_tokens']} new tokens (median of "
-                f"{s['cache_reps']}):")
+                f"{s['cache_reps']}; {_load(gen['cache'])}):")
     report.table(["model", "with cache s", "without cache s", "speedup"],
                  [[label, gen["cache"][a]["cache_seconds"], gen["cache"][a]["no_cache_seconds"],
                    gen["cache"][a]["speedup"]] for a, label in (("music", "MusicForCausalLM"), ("gpt2", "GPT-2"))])
+    rt = gen["real_time"]
+    report.text(f"Real-time factor: seconds of music per second of compute of `generate_music` as users call it "
+                f"(batch 1, grammar-constrained, sampling with seed 0, unprompted, at most {rt['max_new_tokens']} new "
+                "tokens), the music's length being the decoded Score's end in seconds; median of "
+                f"{s['rtf_reps']} (prompt, decoding to a Score included; {_load(rt)}). The model is the untrained "
+                "one above: its music is grammatical but not a trained model's, so seconds per token differ.")
+    report.table(["backend", "new tokens", "compute s", "music s", "real-time factor"],
+                 [[b, rt[b]["new_tokens"], rt[b]["seconds"], rt[b]["music_seconds"], rt[b]["real_time_factor"]]
+                  for b in ["torch", *fast] if b in rt])
+    nll = gen.get("int8_nll") or {}
+    if nll:
+        report.text(f"Probabilities of the fast backends: mean NLL per token of {nll['windows']} corpus windows "
+                    f"(BOS + {nll['tokens']} tokens) with teacher forcing through each backend's decoding step, on "
+                    "the untrained model above (`music_hf.fast_inference.sequence_nll`; tests/test_fast_inference.py "
+                    "checks a briefly trained tiny model too).")
+        report.table(["backend", "NLL/token", "change vs torch"],
+                     [["torch", nll["nll"]["torch"], 0.0]]
+                     + [[b, nll["nll"][b], nll["relative_change"][b]] for b in nll["relative_change"]])
+    mem = gen["memory"]
+    per_train = s["batch_size"] * s["context"]
+    report.text(f"Memory: training as in the table above (width {s['hidden_size']}, batch {s['batch_size']} x "
+                f"{s['context']} tokens; per token: peak / {per_train}); generation of {gen['new_tokens']} tokens at "
+                "batch 1 in the generation shape, each in a fresh process: the cache it ends with (keys, values and "
+                "our fixed-size conv and attribute states) per token of the sequence, and the process's peak memory "
+                f"while generating ({mem['music']['method']}: model, libraries and session included; {_load(mem)}).")
+    rows = []
+    for key, label, train in (("music", "ours, eager", tr["music"]), ("gpt2", "GPT-2, eager", tr["gpt2"]),
+                              ("onnx", "ours, backend onnx", None)):
+        if key not in mem:
+            continue
+        g = mem[key]
+        rows.append([label, train["memory"]["peak_bytes"] / 2**20 if train else "-",
+                     train["memory"]["peak_bytes"] / per_train / 1024 if train else "-",
+                     g["cache_bytes"] / g["sequence"] / 1024 if g["cache_bytes"] is not None else "as eager",
+                     g["peak_bytes"] / 2**20])
+    report.table(["model", "training peak MiB", "training KiB/token", "generation cache KiB/token",
+                  "generation process peak MiB"], rows)
     report.heading("Commands")
     report.bullets([
         "CPU: `python scripts/bench.py` (`--threads N` sets torch's CPU threads)",
         "GPU: `python scripts/bench.py --device cuda` (CUDA is the default when present) measures the shape of "
         "`scripts/configs/gpu.yaml` (width 512, 8 layers, context 1024) in bf16",
-        "smoke run: `python scripts/bench.py --quick --output /tmp/bench.md`"])
+        "smoke run: `python scripts/bench.py --quick --output /tmp/bench.md`",
+        "the fast backends' rows need ONNX Runtime: `pip install 'music-hf[fast]'` (without it they are left out)"])
+
+
+def _load(part: dict[str, Any]) -> str:
+    """The 1-min load average recorded around a part of the run."""
+    if part.get("load_start") is None:
+        return "load average not available"
+    return f"1-min load average {part['load_start']} at the start, {part['load_end']} at the end"
 
 
 # ----- the run ---------------------------------------------------------------------------------------------
@@ -411,9 +665,12 @@ def run(args: BenchArguments, command: str) -> dict[str, Any]:
     summary = prepare_corpus(collections=list(s.collections), max_pieces_per_collection=s.pieces_per_collection,
                              progress=False)
     tokenizer = MusicTokenizer()
+    load = load_now()
     tokenization, ids = bench_tokenization(tokenizer, [e.path for e in summary.entries], s)
+    tokenization.update(load_start=load, load_end=load_now())
     training = bench_training(tokenizer, ids, s, device)
-    generation = bench_generation(tokenizer, s, device)
+    training.update(load_start=tokenization["load_end"], load_end=load_now())
+    generation = bench_generation(tokenizer, s, device, ids)
     results = {"command": command, "quick": args.quick, "machine": report.machine, "settings": asdict(s),
                "tokenization": tokenization, "training": training, "generation": generation,
                "seconds": report.seconds}

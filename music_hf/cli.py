@@ -22,6 +22,8 @@ from typing import Any
 from transformers import HfArgumentParser
 from transformers.hf_argparser import HfArg
 
+from .hub import SHIPPED_MODEL
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
@@ -117,10 +119,16 @@ def train_command(argv: Sequence[str]) -> int:
 class GenerateArguments:
     """What to generate and where the MIDI files go."""
 
-    model: str = HfArg(help="model folder or Hub repo id")
+    model: str = HfArg(default=str(SHIPPED_MODEL), help="model folder or Hub repo id (default: the shipped "
+                                                         "models/music-hf-base)")
+    adapter: str | None = HfArg(default=None, help="LoRA adapter folder or Hub repo fine-tuned from --model "
+                                                   "(`music-hf train --init_from MODEL --lora_r R`), merged into it")
     out: str = HfArg(default="outputs/samples", help="folder for the MIDI files")
     prompt: str | None = HfArg(default=None, help="MIDI/ABC file to continue")
     prompt_bars: int | None = HfArg(default=None, help="bars of the prompt to keep")
+    no_prompt_mapping: bool = HfArg(default=False, help="continue --prompt as it is: no dropping of drums and no "
+                                                        "mapping of programs, velocities and tempos the model never "
+                                                        "learned (the JSON's prompt_changes lists what mapping did)")
     genre: str | None = HfArg(default=None, help="genre(s) from the model's config (id2genre), comma-separated, "
                                                  "or `all`")
     programs: str | None = HfArg(default=None, help="comma-separated GM programs allowed (128 = drums)")
@@ -140,6 +148,8 @@ class GenerateArguments:
                                                           'bar) polyphony=2 pitch_range=48-84 tempo=96')
     guidance_scale: float | None = HfArg(default=None, help="classifier-free guidance toward the controls and the "
                                                             "genre (> 1 pulls harder; none or 1: off)")
+    backend: str = HfArg(default="torch", help="decoding backend: torch, or onnx / onnx-int8 (ONNX Runtime on the "
+                                               "CPU, same tokens / int8, faster; pip install 'music-hf[fast]')")
 
 
 CONTROL_NUMBERS = ("density", "polyphony", "tempo")
@@ -185,7 +195,7 @@ def compose(args: GenerateArguments, sampling: Any, model: Any, tokenizer: Any, 
         raise ValueError("--infill_programs goes with --infill_bars")
     programs = [int(x) for x in args.infill_programs.split(",")] if args.infill_programs else None
     kwargs = dict(controls=controls, guidance_scale=args.guidance_scale, max_new_tokens=args.max_new_tokens,
-                  **dataclasses.asdict(sampling))
+                  backend=args.backend, **dataclasses.asdict(sampling))
     written = []
     for genre in genres:
         for i in range(args.num_return_sequences):
@@ -218,6 +228,9 @@ def generate(args: GenerateArguments, sampling: Any) -> list[str]:
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()  # on the CPU: threads for its size
+    if args.adapter:
+        from .adapters import load_adapter
+        model = load_adapter(model, args.adapter)
     set_threads(generation.cpu_threads_for(model.config.hidden_size, args.num_return_sequences,
                                            torch.get_num_threads()))
     known = [g for i, g in sorted(model.config.id2genre.items()) if i > 0]  # id 0 is "unknown"
@@ -242,13 +255,15 @@ def generate(args: GenerateArguments, sampling: Any) -> list[str]:
                 model, tokenizer, prompt=args.prompt, genre=genre, max_new_tokens=args.max_new_tokens,
                 constrained=not args.unconstrained, prompt_bars=args.prompt_bars, programs=programs,
                 time_signature=args.time_signature, tempo=args.tempo, num_return_sequences=args.num_return_sequences,
-                seed=args.seed, controls=controls, guidance_scale=args.guidance_scale, **dataclasses.asdict(sampling))
+                seed=args.seed, controls=controls, guidance_scale=args.guidance_scale, backend=args.backend,
+                prompt_mapping=not args.no_prompt_mapping, **dataclasses.asdict(sampling))
         for i, piece in enumerate(pieces):
             path = out / f"{(genre or 'any').replace(' ', '_')}_{args.seed}_{i}.mid"
             piece.score.dump_midi(str(path))
             written.append(str(path))
             print(json.dumps({"genre": genre, "midi": str(path), "notes": piece.score.note_num(),
                               "tokens": len(piece.ids), "prompt_tokens": piece.prompt_length,
+                              "prompt_changes": piece.prompt_changes,
                               "seconds": round(piece.score.to("second").end(), 1)}))
     return written
 
@@ -312,6 +327,8 @@ class PushArguments:
     private: bool = HfArg(default=False, help="create the repo private (if it does not exist)")
     token: str | None = HfArg(default=None, help="Hub token (none: HF_TOKEN or the `hf auth login` one)")
     commit_message: str = HfArg(default="Upload music-hf model, tokenizer and model card", help="commit message")
+    card_only: bool = HfArg(default=False, help="only write the model card the push would upload, as model_dir/"
+                                                "README.md (the shipped models/music-hf-base has one); push nothing")
 
 
 def push_command(argv: Sequence[str]) -> int:
@@ -323,8 +340,17 @@ def push_command(argv: Sequence[str]) -> int:
 
     from huggingface_hub.errors import HfHubHTTPError
 
-    from .hub import HubPushError, push_model_dir
+    from .hub import HubPushError, build_model_card, push_model_dir
 
+    if args.card_only:
+        try:
+            path = Path(args.model_dir) / "README.md"
+            build_model_card(args.model_dir, args.repo_id).save(str(path))
+        except HubPushError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(path)
+        return 0
     try:
         url = push_model_dir(args.model_dir, args.repo_id, private=args.private, token=args.token,
                              commit_message=args.commit_message)

@@ -1,8 +1,9 @@
 """What scripts/evaluate.py and scripts/bench.py share: music metrics for generated pieces (pitch-class histograms
-and their distances, note density, grammar error rate), a small genre classifier to check genre control, the
-measures of composition with control (control adherence against chance, infilling NLL and constraints,
-accompaniment), and the report helpers (machine description, Markdown tables, one section of BENCHMARKS.md
-rewritten at a time)."""
+and their distances, note density, grammar error rate, the objective metrics of the literature through muspy, and
+structure: repeated bars, simultaneous voices, dissonant intervals), memorization (the longest span of bars copied
+from a training piece), a small genre classifier to check genre control, the measures of composition with control
+(control adherence against chance, infilling NLL and constraints, accompaniment), and the report helpers (machine
+description, Markdown tables, one section of BENCHMARKS.md rewritten at a time)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import os
 import platform
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,248 @@ def pooled_pitch_class_histogram(sequences: Sequence[Sequence[int]], tokenizer: 
 def mean_finite(values: Sequence[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
+
+
+# ----- objective metrics of the literature (muspy) and of structure --------------------------------------
+# intervals (semitones mod 12) between simultaneous pitches counted as dissonant: the minor second, the tritone and
+# the major seventh, in any octave (so the minor ninth, 13, and the augmented eleventh, 18, count too)
+DISSONANT_INTERVALS = frozenset({1, 6, 11})
+DRUM_KEY_OFFSET = 128  # a drum note's pitch in `bar_notes`: 128 + its drum key, never equal to a pitched note's
+METRIC_MAX_TPQ = 48  # `music_metrics` resamples finer Scores (muspy's polyphony builds a piano roll of every tick)
+COPY_THRESHOLD = 4  # memorization: a generation "copies" when its longest copied span is longer than this many bars
+# (key, label) of the metrics `music_metrics` computes, in report order
+MUSIC_METRICS = (("pitch_class_entropy", "pitch-class entropy (bits)"), ("scale_consistency", "scale consistency"),
+                 ("groove_consistency", "groove consistency"), ("polyphony", "polyphony"),
+                 ("empty_beat_rate", "empty-beat rate"), ("notes_per_bar", "notes per bar"),
+                 ("repeated_bars", "repeated bars"), ("simultaneous_voices", "simultaneous voices"),
+                 ("dissonance_rate", "dissonant intervals"))
+
+
+def _as_ticks(score: symusic.Score) -> symusic.Score:
+    return score if score.ttype == symusic.TimeUnit.tick else score.to("tick")
+
+
+def _note_arrays(score: symusic.Score, drums: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(onset, duration, pitch) of every note of a tick Score, tracks concatenated; drum notes get pitch 128 + key,
+    or are left out with `drums=False`."""
+    parts = []
+    for track in score.tracks:
+        if len(track.notes) == 0 or (track.is_drum and not drums):
+            continue
+        a = track.notes.numpy()
+        pitch = a["pitch"].astype(np.int64) + (DRUM_KEY_OFFSET if track.is_drum else 0)
+        parts.append((a["time"].astype(np.int64), a["duration"].astype(np.int64), pitch))
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    return tuple(np.concatenate(column) for column in zip(*parts))  # type: ignore[return-value]
+
+
+def bar_starts(score: symusic.Score) -> list[int]:
+    """The tick of each bar's start, up to the bar of the last note onset ([] without notes).
+
+    Bars follow the time signatures (4/4 before the first one); a time signature starts a new bar where it falls,
+    and the last of several at one tick wins. A bar lasts numerator * 4 / denominator quarter notes.
+    """
+    score = _as_ticks(score)
+    onsets = _note_arrays(score)[0]
+    if not len(onsets):
+        return []
+    last, tpq = int(onsets.max()), score.ticks_per_quarter
+    length = {0: 4 * tpq}
+    for ts in score.time_signatures:
+        length[int(ts.time)] = max(1, tpq * 4 * ts.numerator // ts.denominator)
+    changes = sorted(length)
+    starts: list[int] = []
+    for k, at in enumerate(changes):
+        stop = min(changes[k + 1] if k + 1 < len(changes) else last + 1, last + 1)
+        starts.extend(range(at, stop, length[at]))
+    return starts
+
+
+def bar_notes(score: symusic.Score) -> list[tuple[tuple[int, int, int], ...]]:
+    """Each bar's notes (bars as `bar_starts` cuts them) as a sorted tuple of (onset relative to the bar start,
+    pitch, duration) in ticks, all tracks pooled, drum notes with pitch 128 + key; an empty bar is ()."""
+    score = _as_ticks(score)
+    starts = np.asarray(bar_starts(score), dtype=np.int64)
+    if not len(starts):
+        return []
+    onset, duration, pitch = _note_arrays(score)
+    bar = np.searchsorted(starts, onset, side="right") - 1
+    rel = onset - starts[bar]
+    order = np.lexsort((duration, pitch, rel, bar))
+    bars: list[list[tuple[int, int, int]]] = [[] for _ in starts]
+    for b, r, p, d in zip(bar[order].tolist(), rel[order].tolist(), pitch[order].tolist(), duration[order].tolist()):
+        bars[b].append((r, p, d))
+    return [tuple(b) for b in bars]
+
+
+def repeated_bar_share(score: symusic.Score | Sequence[tuple]) -> float:
+    """Share of the non-empty bars that repeat an earlier bar of the piece: the same notes (onset relative to the
+    bar start, pitch, duration; `bar_notes`), so a repeat played an octave higher or with another rhythm does not
+    count. Empty bars count neither way; NaN for a piece without notes. Takes a Score or its `bar_notes`."""
+    bars = bar_notes(score) if isinstance(score, symusic.Score) else score
+    seen: set[tuple] = set()
+    repeated = total = 0
+    for bar in bars:
+        if not bar:
+            continue
+        total += 1
+        repeated += bar in seen
+        seen.add(bar)
+    return repeated / total if total else float("nan")
+
+
+def simultaneous_voices(score: symusic.Score) -> float:
+    """Mean number of notes sounding at a note onset: at each distinct onset tick t (drums left out), the notes
+    with onset <= t < onset + duration (a zero-length note sounds at its onset), averaged over the onsets.
+    1 for a melody, 4 for block chords in four parts; NaN without pitched notes."""
+    onset, duration, _ = _note_arrays(_as_ticks(score), drums=False)
+    if not len(onset):
+        return float("nan")
+    end = np.sort(np.maximum(onset + duration, onset + 1))
+    starts, times = np.sort(onset), np.unique(onset)
+    sounding = np.searchsorted(starts, times, side="right") - np.searchsorted(end, times, side="right")
+    return float(sounding.mean())
+
+
+def dissonance_rate(score: symusic.Score) -> float:
+    """Share of the simultaneous pitch pairs that are dissonant (drums left out).
+
+    A pair is two different pitches that start sounding together: at each onset tick t, every pair {a, b} with a
+    among the pitches struck at t and b among the pitches sounding at t (struck at t, or struck earlier and still
+    held: onset < t < onset + duration), a != b; each pair is counted once per onset where it forms, so a held chord
+    counts once, not at every later onset. Dissonant: |a - b| mod 12 in DISSONANT_INTERVALS (minor second, tritone,
+    major seventh and their compounds, e.g. the minor ninth); unisons in two parts, octaves, thirds, fourths,
+    fifths, sixths, and the milder major second and minor seventh count as not dissonant. NaN without any pair
+    (a melody).
+    """
+    onset, duration, pitch = _note_arrays(_as_ticks(score), drums=False)
+    end = onset + duration
+    dissonant = total = 0
+    for t in np.unique(onset):
+        new = np.unique(pitch[onset == t])
+        held = np.setdiff1d(pitch[(onset < t) & (end > t)], new)
+        others = np.concatenate([new, held])
+        intervals = np.abs(new[:, None] - others[None, :]) % 12
+        distinct = new[:, None] != others[None, :]
+        # pairs within `new` appear twice (a, b) and (b, a): count them once
+        within = np.zeros_like(distinct)
+        within[:, : len(new)] = True
+        weight = np.where(within, 0.5, 1.0) * distinct
+        total += weight.sum()
+        dissonant += (weight * np.isin(intervals, list(DISSONANT_INTERVALS))).sum()
+    return float(dissonant / total) if total else float("nan")
+
+
+def to_muspy(score: symusic.Score, shorten: int = 0) -> Any:
+    """A `muspy.Music` with the Score's notes (tick times kept: resolution = ticks per quarter), tracks, programs
+    and time signatures, built directly (no MIDI round trip: reading a dumped MIDI file back pairs the note-offs of
+    overlapping same-pitch notes differently, and pretty_midi's seconds requantize the times). `shorten` ticks
+    come off every duration (not below 0). Needs the `eval` extra (`pip install 'music-hf[eval]'`)."""
+    try:
+        import muspy
+    except ImportError as e:  # pragma: no cover - the dev and eval extras install it
+        raise ImportError("the music metrics need muspy: pip install 'music-hf[eval]'") from e
+    score = _as_ticks(score)
+    return muspy.Music(
+        resolution=score.ticks_per_quarter,
+        time_signatures=[muspy.TimeSignature(time=int(ts.time), numerator=int(ts.numerator),
+                                             denominator=int(ts.denominator)) for ts in score.time_signatures],
+        tracks=[muspy.Track(program=int(t.program), is_drum=bool(t.is_drum), name=t.name,
+                            notes=[muspy.Note(time=int(n.time), pitch=int(n.pitch),
+                                              duration=max(0, int(n.duration) - shorten), velocity=int(n.velocity))
+                                   for n in t.notes]) for t in score.tracks if len(t.notes)])
+
+
+def music_metrics(score: symusic.Score) -> dict[str, float]:
+    """The objective metrics of MUSIC_METRICS for one piece (NaN where undefined, all NaN without notes).
+
+    From muspy (the definitions of its docs): pitch-class entropy (bits, of the 12-bin histogram of note onsets),
+    scale consistency (the largest share of notes in one major or minor scale), groove consistency (1 - mean
+    Hamming distance between the onset patterns of neighbouring bars, per tick, bars of the first time signature),
+    polyphony (mean number of pitches on over the ticks where any is on), empty-beat rate (share of quarter-note
+    beats where no note sounds). muspy counts a note's end tick as sounding (and one more beat or bar after a piece
+    that ends on a boundary): the empty-beat rate and the groove consistency get the notes one tick shorter, which
+    makes both count exactly the beats and bars the notes sound in.
+
+    Ours: notes per bar (notes over the bars of `bar_starts`), repeated bars (`repeated_bar_share`), simultaneous
+    voices (`simultaneous_voices`) and dissonant intervals (`dissonance_rate`).
+
+    A Score finer than METRIC_MAX_TPQ ticks per quarter note (a MIDI file's 480 or 10080; the tokenizer decodes at
+    its own, coarser, resolution) is resampled to METRIC_MAX_TPQ first. The groove consistency counts ticks, so it
+    compares pieces at one resolution only: here, all decoded by one tokenizer.
+    """
+    import muspy
+
+    score = _as_ticks(score)
+    if score.ticks_per_quarter > METRIC_MAX_TPQ:
+        score = score.resample(METRIC_MAX_TPQ, min_dur=1)
+    starts = bar_starts(score)
+    if not starts:
+        return {key: float("nan") for key, _ in MUSIC_METRICS}
+    exact, shortened = to_muspy(score), to_muspy(score, shorten=1)
+    ts = score.time_signatures[0] if len(score.time_signatures) and score.time_signatures[0].time == 0 else None
+    bar_ticks = score.ticks_per_quarter * 4 * (ts.numerator if ts else 4) // (ts.denominator if ts else 4)
+    pitched = any(not t.is_drum and len(t.notes) for t in score.tracks)
+    nan = float("nan")
+    return {
+        "pitch_class_entropy": float(muspy.pitch_class_entropy(exact)),
+        "scale_consistency": float(muspy.scale_consistency(exact)),
+        "groove_consistency": float(muspy.groove_consistency(shortened, max(1, bar_ticks))),
+        "polyphony": float(muspy.polyphony(exact)) if pitched else nan,
+        "empty_beat_rate": float(muspy.empty_beat_rate(shortened)),
+        "notes_per_bar": score.note_num() / len(starts),
+        "repeated_bars": repeated_bar_share(bar_notes(score)),
+        "simultaneous_voices": simultaneous_voices(score),
+        "dissonance_rate": dissonance_rate(score),
+    }
+
+
+# ----- memorization ------------------------------------------------------------------------------------
+class BarIndex:
+    """Where each bar of a set of pieces (the training pieces) occurs: a hash map from a bar's notes (`bar_notes`:
+    the tuple of (relative onset, pitch, duration), hashed by Python, compared exactly) to its (piece, bar index)
+    occurrences. Empty bars are left out: a bar of rest matches anything and copies nothing."""
+
+    def __init__(self, pieces: Iterable[Sequence[tuple]] = ()) -> None:
+        self.where: dict[tuple, list[tuple[int, int]]] = {}
+        self.pieces = 0
+        for bars in pieces:
+            self.add(bars)
+
+    def add(self, bars: Sequence[tuple]) -> None:
+        for j, bar in enumerate(bars):
+            if bar:
+                self.where.setdefault(bar, []).append((self.pieces, j))
+        self.pieces += 1
+
+    def longest_copy(self, bars: Sequence[tuple]) -> dict[str, int | None]:
+        """The longest run of consecutive bars of `bars` that equals a run of consecutive bars of one indexed piece:
+        `bars` (its length, 0 if no bar matches), `at` (its first bar in `bars`), `piece` and `bar` (where it is in
+        the index; None for no match). One pass, extending the runs that end at the previous bar: the work is the
+        number of indexed occurrences of the piece's bars."""
+        best: dict[str, int | None] = {"bars": 0, "at": None, "piece": None, "bar": None}
+        runs: dict[tuple[int, int], int] = {}  # (piece, bar) -> length of the matching run ending there
+        for i, bar in enumerate(bars):
+            runs = {(p, j): runs.get((p, j - 1), 0) + 1 for p, j in self.where.get(bar, ())} if bar else {}
+            for (p, j), n in runs.items():
+                if n > best["bars"]:
+                    best = {"bars": n, "at": i - n + 1, "piece": p, "bar": j - n + 1}
+        return best
+
+
+def memorization(pieces: Sequence[Sequence[tuple]], index: BarIndex, threshold: int = COPY_THRESHOLD
+                 ) -> dict[str, Any]:
+    """The longest span of consecutive bars each piece (its `bar_notes`) copies from an indexed piece, and the share
+    of pieces copying more than `threshold` bars (NaN for no pieces)."""
+    copies = [index.longest_copy(bars) for bars in pieces]
+    longest = [int(c["bars"]) for c in copies]
+    return {"n": len(longest), "threshold": threshold, "longest": longest,
+            "sources": [[c["piece"], c["bar"]] for c in copies],
+            "mean_longest": float(np.mean(longest)) if longest else float("nan"),
+            "max_longest": max(longest) if longest else 0,
+            "copied_share": float(np.mean([n > threshold for n in longest])) if longest else float("nan")}
 
 
 # ----- generation per genre ------------------------------------------------------------------------------
@@ -518,7 +761,9 @@ def update_markdown_section(path: str | os.PathLike, title: str, body: str) -> N
 
 
 __all__ = ["PITCH_CLASSES", "pitch_class_histogram", "histogram_distance", "notes_per_bar", "grammar_error_rate",
-           "pooled_pitch_class_histogram", "mean_finite", "generate_per_genre", "train_genre_classifier",
+           "pooled_pitch_class_histogram", "mean_finite", "DISSONANT_INTERVALS", "COPY_THRESHOLD", "MUSIC_METRICS",
+           "METRIC_MAX_TPQ", "bar_starts", "bar_notes", "repeated_bar_share", "simultaneous_voices", "dissonance_rate",
+           "to_muspy", "music_metrics", "BarIndex", "memorization", "generate_per_genre", "train_genre_classifier",
            "classify_genres", "classification_scores", "GUIDANCE_SCALE", "CONTROL_BINS", "ACCOMPANIMENT_PROGRAMS",
            "composition_unsupported", "composition_measure", "control_bin", "control_adherence", "infill_quality",
            "accompaniment_quality", "REPORT_PREAMBLE", "machine_description", "machine_line", "fmt",

@@ -22,6 +22,10 @@ from huggingface_hub.utils import validate_repo_id as hf_validate_repo_id
 
 logger = logging.getLogger(__name__)
 
+#: The trained model that ships inside the repository (`scripts/configs/base.yaml`): what `music-hf generate`, the
+#: Space and the README use when no model is named. Present in a checkout (and an editable install), not in a wheel.
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "music-hf-base"
+
 CONFIG_FILE = "config.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 MIDITOK_FILE = "miditok_config.json"
@@ -180,6 +184,20 @@ def _fmt(x: Any) -> str:
     if isinstance(x, float):
         return f"{x:.4g}"
     return f"{x:,}" if isinstance(x, int) and not isinstance(x, bool) else str(x)
+
+
+def _memorization(path: Path) -> str:
+    """What `scripts/evaluate.py` measured of copying from the training pieces (its `evaluation_results.json`),
+    as a parenthesis; "" when the folder holds no such measurement."""
+    memo = ((_read_json(path / "evaluation_results.json") or {}).get("generation") or {}).get("memorization") or {}
+    gen = (memo.get("generated") or {}).get("all") or {}
+    if not gen.get("n"):
+        return ""
+    held = (memo.get("held-out") or {}).get("all") or {}
+    floor = f", held-out pieces {held['copied_share']:.0%}" if held.get("n") else ""
+    return (f" (measured by `scripts/evaluate.py`: {gen['copied_share']:.0%} of {gen['n']} generations copy more than "
+            f"{memo['threshold']} consecutive bars of a training piece{floor}; longest copied span "
+            f"{gen['max_longest']} bars)")
 
 
 def _usage(repo_id: str, config: dict[str, Any], genre: str | None) -> str:
@@ -355,7 +373,8 @@ def build_model_card(model_dir: str | os.PathLike, repo_id: str) -> ModelCard:
               "collection or label file a piece belongs to.",
               "- Symbolic only: no audio, no lyrics, no expressive performance beyond the tokenizer's velocity and "
               "timing resolution.",
-              "- Generated pieces can resemble training pieces; check before publishing them as original work.",
+              "- Generated pieces can resemble training pieces" + _memorization(path)
+              + "; check before publishing them as original work.",
               "", "## Framework versions", "",
               f"- music-hf {__version__}", f"- transformers {config.get('transformers_version', '?')}",
               f"- miditok tokenization {tok['tokenization']}"]

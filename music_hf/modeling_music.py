@@ -10,20 +10,26 @@ layer type (`MusicCacheLayer` / `MusicStaticCacheLayer`, transformers' hybrid at
 so is each conv's last `kernel-1` inputs. A decoding step then costs O(1) in the history length, a `StaticCache`
 compiles, and beam reordering, cropping (assisted decoding) and batch expansion apply to the state too. Where a
 sequence restarts inside a packed row (`position_ids` back to 0), the carried state and the conv restart too.
+A decoding step (one token per row, a dynamic cache, eval mode, no padding or restart) takes a shorter route,
+`MusicModel._decode_step`: the same math without the masks, the restart handling and most module calls, which are
+most of a small model's step on a CPU (`music_hf.fast_inference` exports the same step to ONNX).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as torch_module
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import (Cache, DynamicCache, DynamicLayer, LinearAttentionAndFullAttentionLayer,
                                       LinearAttentionAndStaticFullAttentionLayer, StaticLayer)
+from transformers.generation.utils import MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (BaseModelOutputWithPast, CausalLMOutputWithPast,
@@ -41,6 +47,8 @@ NUM_OCTAVES = 11
 # fixed-size states of a MusicCacheLayer (transformers' "conv states": the last `kernel` steps along the last dim)
 CONV_STATE = 0  # the block conv's last kernel-1 inputs, (B, H, kernel-1)
 CARRIED_STATE = 1  # in the first block's layer: program, position in bar, bar count at the last token, (B, 3, 1)
+# generation inputs as long as the ids that transformers slices for each step (position ids aside)
+_SLICED_GENERATION_INPUTS = ("token_type_ids", "mm_token_type_ids", "moe_mm_token_type_ids")
 
 
 # ----- cache ----------------------------------------------------------------------------------------
@@ -232,8 +240,8 @@ class CausalDepthwiseConv(nn.Module):
         if past is None:
             past = x.new_zeros(x.shape[0], k - 1, x.shape[2])
         full = torch.cat([past[:, past.shape[1] - (k - 1):], x], dim=1)  # (B, k-1+T, H)
-        if restart is None:
-            return self.conv(full.transpose(1, 2)).transpose(1, 2)
+        if restart is None:  # no restart: every tap counts (the same sums, in the same order, as below)
+            return self.taps(full.transpose(1, 2)).transpose(1, 2)
         # tap i sees position t-(k-1-i); it counts only inside the same sequence (segment) as t
         segment = torch.cumsum(restart.long(), dim=-1)
         segment_full = F.pad(segment, (k - 1, 0))  # the past belongs to the segment before any restart here
@@ -242,6 +250,17 @@ class CausalDepthwiseConv(nn.Module):
         for i in range(k):
             same = (segment_full[:, i:i + t] == segment)[..., None].to(x.dtype)
             out = out + full[:, i:i + t] * same * weight[:, i]
+        return out
+
+    def taps(self, full: torch.Tensor) -> torch.Tensor:
+        """The conv of channel-first inputs `full` (B, H, k-1+T), each of its T outputs seeing its k inputs:
+        (B, H, T). The cached decoding step reads the cache's state and the new input in this layout (no transposes),
+        and the sums are those of `forward` without a restart, bit for bit (a tap counted there is multiplied by 1)."""
+        k, t = self.kernel_size, full.shape[-1] - self.kernel_size + 1
+        weight = self.conv.weight[:, 0, :, None]  # (H, k, 1)
+        out = self.conv.bias[:, None]
+        for i in range(k):
+            out = out + full[..., i:i + t] * weight[:, i]
         return out
 
 
@@ -288,6 +307,36 @@ class MusicAttention(nn.Module):
 
 
 # ----- block ----------------------------------------------------------------------------------------
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _norm_step(norm: MaskedNorm, x: torch.Tensor) -> torch.Tensor:
+    """`norm(x)` without a token mask, calling no module (what `MaskedNorm` and the norm it holds compute)."""
+    inner = norm.norm
+    if norm.kind == "layernorm":
+        return F.layer_norm(x, inner.normalized_shape, inner.weight, inner.bias, inner.eps)
+    return inner.forward(x) if norm.kind == "rmsnorm" else inner.forward(x, None)
+
+
+_BYPASSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (its cache, modules to check)
+
+
+def _unhooked(modules: list[nn.Module]) -> bool:
+    """True when calling these modules' forwards directly skips nothing: no forward hooks (other than transformers'
+    output capturing, which records nothing unless outputs are requested), no replaced forward (accelerate)."""
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return False
+    for module in modules:
+        state = module.__dict__
+        if module._forward_pre_hooks or "forward" in state or "_hf_hook" in state:
+            return False
+        for hook in module._forward_hooks.values():
+            if getattr(hook, "__name__", None) != "output_capturing_hook":
+                return False
+    return True
+
+
 class MusicDecoderLayer(GradientCheckpointingLayer):
     """Pre-norm block: attention, optional causal depthwise conv, MLP; dropout on each residual branch."""
 
@@ -306,23 +355,30 @@ class MusicDecoderLayer(GradientCheckpointingLayer):
                 position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
                 token_mask: torch.Tensor | None = None, restart: torch.Tensor | None = None,
                 cache: Cache | None = None, **kwargs) -> torch.Tensor:
+        # dropout only where it does something (in eval each call would be a no-op module call)
+        dropout = self.dropout if self.training else _identity
         attn_out, _ = self.attn(self.attn_norm(hidden_states, token_mask), attention_mask, position_embeddings,
                                 cache=cache, **kwargs)
-        hidden_states = hidden_states + self.dropout(attn_out)
+        hidden_states = hidden_states + dropout(attn_out)
         if self.conv is not None:
             conv_in = self.conv_norm(hidden_states, token_mask)
             if token_mask is not None:  # padding enters the conv as zeros, exactly like the start of a sequence
                 conv_in = conv_in * token_mask[..., None].to(conv_in.dtype)
-            past = None
-            if cache is not None and self.conv.kernel_size > 1:
-                past = cache.get_conv_state(self.layer_idx, CONV_STATE)  # read before the in-place update below
-                past = past.transpose(1, 2) if past is not None else None
-            conv_out = self.conv(conv_in, past, restart)
-            if cache is not None and self.conv.kernel_size > 1:
-                cache.update_conv_state(conv_in.transpose(1, 2), self.layer_idx, CONV_STATE,
-                                        conv_kernel_size=self.conv.kernel_size - 1)
-            hidden_states = hidden_states + self.dropout(conv_out)
-        return hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states, token_mask)))
+            k, t = self.conv.kernel_size, conv_in.shape[1]
+            past = cache.get_conv_state(self.layer_idx, CONV_STATE) if cache is not None and k > 1 else None
+            if restart is None and past is not None:
+                # a decoding step with no restart (see MusicModel.forward): the state update returns the state and
+                # the new inputs side by side, channel-first, which is what the conv reads
+                full = cache.update_conv_state(conv_in.transpose(1, 2), self.layer_idx, CONV_STATE,
+                                               conv_kernel_size=k - 1)
+                conv_out = self.conv.taps(full[..., full.shape[-1] - (k - 1 + t):]).transpose(1, 2)
+            else:  # the state is read before its in-place update
+                conv_out = self.conv(conv_in, past.transpose(1, 2) if past is not None else None, restart)
+                if cache is not None and k > 1:
+                    cache.update_conv_state(conv_in.transpose(1, 2), self.layer_idx, CONV_STATE,
+                                            conv_kernel_size=k - 1)
+            hidden_states = hidden_states + dropout(conv_out)
+        return hidden_states + dropout(self.mlp(self.mlp_norm(hidden_states, token_mask)))
 
 
 # ----- music embeddings -----------------------------------------------------------------------------
@@ -387,6 +443,47 @@ class MusicEmbeddings(nn.Module):
             old, new = getattr(self, name + "_table", None), self.table(name)
             self.register_buffer(name + "_table", new if old is None else new.to(old.device), persistent=False)
 
+    def _note_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per id, the pitch class and octave embedding indices `_attributes` computes (kept until the pitch table
+        changes)."""
+        pitch, kept = self.pitch_table, self.__dict__.get("_note_index_tables")
+        if kept is None or kept[0] is not pitch or kept[1] != pitch._version:
+            kept = (pitch, pitch._version, torch.where(pitch >= 0, pitch % 12 + 1, 0),
+                    torch.where(pitch >= 0, (pitch // 12).clamp(max=NUM_OCTAVES - 1) + 1, 0))
+            self.__dict__["_note_index_tables"] = kept
+        return kept[2], kept[3]
+
+    def _step(self, input_ids: torch.Tensor, position_ids: torch.Tensor, genre_ids: torch.Tensor | None,
+              state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`forward` for one token per row after the carried `state` (B, 3) (None: no attributes in use), with no
+        restart, in eval mode, `position_ids` already within the position table: the same sums in the same order,
+        in fewer ops. The ids and genres are those of the prefill's checks; an id or genre out of range still
+        fails in the lookups."""
+        modules = self._modules
+        x = self.token(input_ids)
+        carried = None
+        if state is not None:
+            program_set, position_set = self.program_set_table[input_ids], self.position_set_table[input_ids]
+            program = torch.where(program_set != -1, program_set, state[:, 0:1])
+            position = torch.where(position_set != -1, position_set, state[:, 1:2])
+            bars = self.bar_count_table[input_ids] + state[:, 2:3]
+            carried = torch.stack([program, position, bars], dim=1)
+            if "pitch_class" in modules:
+                pitch_class, octave = self._note_indices()
+                x = x + self.pitch_class(pitch_class[input_ids]) + self.octave(octave[input_ids])
+            if "instrument" in modules:
+                x = x + self.instrument(program + 1)
+            if "bar_position" in modules:
+                x = (x + self.bar_position((position + 1).clamp(max=self.bar_position.num_embeddings - 1))
+                     + self.bar_index((bars - 1).clamp(min=0, max=self.bar_index.num_embeddings - 1)))
+        if "genre" in modules:
+            if genre_ids is None:
+                genre_ids = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            x = x + self.genre(genre_ids.view(-1))[:, None, :]
+        if "position" in modules:
+            x = x + self.position(position_ids)
+        return x, carried
+
     def carried(self, ids: torch.Tensor, restart: torch.Tensor | None = None,
                 state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Program in force, position in the bar and bar count at each position of `ids` (B, T): vectorized scans.
@@ -398,7 +495,13 @@ class MusicEmbeddings(nn.Module):
         values. (The placeholders come in the same forward as their Infill_Start.)
         """
         program_set, position_set = self.program_set_table[ids], self.position_set_table[ids]
-        bar_count, infill = self.bar_count_table[ids], self.infill_table[ids]
+        bar_count = self.bar_count_table[ids]
+        if ids.shape[1] == 1 and restart is None and state is not None:
+            # one token after the cached state (a decoding step): the scans below reduce to these (an Infill_Start
+            # alone has no placeholders in its forward to go back over)
+            return (torch.where(program_set != -1, program_set, state[:, 0:1]),
+                    torch.where(position_set != -1, position_set, state[:, 1:2]), bar_count + state[:, 2:3])
+        infill = self.infill_table[ids]
         first = self._infill_run_starts(infill, restart)
         at_start, first = first >= 0, first.clamp(min=0)
         counted = torch.cumsum(bar_count, dim=-1)
@@ -490,7 +593,7 @@ class MusicEmbeddings(nn.Module):
             x = x + self.genre(genre_ids)[:, None, :]
         if cfg.position_embedding_type == "learned":
             x = x + self.position(position_ids.clamp(max=cfg.max_position_embeddings - 1))
-        return self.dropout(x), carried
+        return (self.dropout(x) if self.training else x), carried
 
 
 # ----- models ---------------------------------------------------------------------------------------
@@ -597,6 +700,12 @@ class MusicModel(MusicPreTrainedModel):
             past = cache.get_seq_length() if cache is not None else 0
             position_ids = (torch.arange(length, device=reference.device) + past)[None].expand(batch, -1)
         restart = position_ids == 0
+        # a decoding step (one token, a dynamic cache, eager mode): no restart is the usual case, and then the
+        # carried attributes and the convs skip their restart handling (the same values, fewer ops)
+        decoding = (length == 1 and cache is not None and not cache.is_compileable
+                    and not is_torchdynamo_compiling())
+        if decoding and not restart.any():
+            restart = None
         state = None
         if cache is not None and self.embeddings.uses_attributes:
             state = cache.get_conv_state(0, CARRIED_STATE)
@@ -607,6 +716,9 @@ class MusicModel(MusicPreTrainedModel):
             cache.update_conv_state(carried, 0, CARRIED_STATE, conv_kernel_size=1)
         if premade is not None:
             mask, token_mask = premade["full_attention"], premade.get("linear_attention")
+        elif (decoding and self.config._attn_implementation in ("sdpa", "eager")
+              and (attention_mask is None or (padding is not None and padding.all()))):
+            mask, token_mask = None, None  # one query, no padding: it sees every cached key, nothing to mask
         else:
             mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=attention_mask,
                                       cache=cache, position_ids=position_ids)
@@ -617,6 +729,99 @@ class MusicModel(MusicPreTrainedModel):
                            restart=restart, cache=cache, **kwargs)
         hidden = self.norm(hidden, token_mask)
         return BaseModelOutputWithPast(last_hidden_state=hidden, cache=cache if use_cache else None)
+
+    def _decode_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                     position_ids: torch.Tensor | None, cache: Cache | None,
+                     genre_ids: torch.Tensor | None) -> torch.Tensor | None:
+        """The final hidden states (B, 1, H) of one decoding step, by a shorter route than `forward`: or None where
+        that route does not apply, and `forward` is to run instead.
+
+        The route: one new token per row after a cached history in a dynamic music cache, no padding and no restart,
+        eval mode, SDPA attention, no outputs requested, no hooks on the modules it goes around (the blocks and
+        their norms, attention, conv and MLP; the embeddings, linear layers and activations are still called as
+        modules, so adapters and quantized layers apply). It computes the values `forward` computes (the same ops
+        on the same views) without the mask building, the restart handling and the module calls, which are most of a
+        small model's decoding step on a CPU."""
+        if (self.training or input_ids is None or input_ids.dim() != 2 or input_ids.shape[1] != 1
+                or not isinstance(cache, Cache) or cache.is_compileable or getattr(cache, "offloading", False)
+                or self.config._attn_implementation != "sdpa" or is_torchdynamo_compiling()):
+            return None
+        first = self.layers[0].conv
+        layers, conv = cache.layers, first is not None and first.kernel_size > 1  # (kernel 1: no conv state)
+        if (len(layers) != len(self.layers) or any(type(layer) is not MusicCacheLayer or not layer.is_initialized
+                                                   or (conv and not layer.has_previous_state[CONV_STATE])
+                                                   for layer in layers)
+                or not _unhooked(self._bypassed_modules(cache))):
+            return None
+        batch = input_ids.shape[0]
+        if attention_mask is not None and (attention_mask.dim() != 2 or not attention_mask.all()):
+            return None  # padding: the masks of `forward`
+        embeddings = self.embeddings
+        learned = "position" in embeddings._modules
+        if position_ids is None:  # as `forward` counts them (real tokens; here all of them are)
+            position = attention_mask.shape[1] - 1 if attention_mask is not None else cache.get_seq_length()
+            if position == 0:
+                return None
+            if learned:
+                position = min(position, embeddings.position.num_embeddings - 1)
+            position_ids = torch.full((batch, 1), position, dtype=torch.long, device=input_ids.device)
+        elif (position_ids == 0).any():
+            return None  # a restart
+        elif learned:
+            position_ids = position_ids.clamp(max=embeddings.position.num_embeddings - 1)
+        state = None
+        if embeddings.uses_attributes:
+            state = cache.get_conv_state(0, CARRIED_STATE)
+            if state is None:
+                return None
+            state = state[..., -1]
+        hidden, carried = embeddings._step(input_ids, position_ids, genre_ids, state)
+        if carried is not None:
+            cache.update_conv_state(carried, 0, CARRIED_STATE, conv_kernel_size=1)
+        rotary = self.rotary(hidden, position_ids) if self.rotary is not None else None
+        for layer in self.layers:
+            attn, idx = layer.attn, layer.layer_idx
+            h = _norm_step(layer.attn_norm, hidden)
+            # q, k, v: the same views of the projection as `MusicAttention` takes (B, heads, 1, head_dim)
+            q, k, v = attn.qkv_proj(h).view(batch, 1, 3, -1, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            if rotary is not None:
+                q, k = apply_rotary(q, k, *rotary)
+            k, v = cache.update(k, v, idx)
+            # transformers' SDPA attention for one query and no mask: no causal flag, all keys; (B, heads, 1, d)
+            # is laid out as (B, 1, heads * d)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, scale=attn.scaling,
+                                                 is_causal=False)
+            hidden = hidden + attn.o_proj(out.reshape(batch, 1, -1))
+            if layer.conv is not None:
+                conv = layer.conv.conv
+                conv_in = _norm_step(layer.conv_norm, hidden).transpose(1, 2)
+                width = layer.conv.kernel_size
+                if width > 1:  # the state and the new input side by side, (B, H, >= width)
+                    conv_in = cache.update_conv_state(conv_in, idx, CONV_STATE, conv_kernel_size=width - 1)
+                # the sums of CausalDepthwiseConv, tap by tap in the same order, on (B, H) slices
+                out = conv.bias
+                taps = conv_in[..., conv_in.shape[-1] - width:].unbind(-1)
+                for tap, weight in zip(taps, conv.weight[:, 0].unbind(-1)):
+                    out = out + tap * weight
+                hidden = hidden + out[:, None]
+            hidden = hidden + layer.mlp.forward(_norm_step(layer.mlp_norm, hidden))
+        return _norm_step(self.norm, hidden)
+
+    def _bypassed_modules(self, cache: Cache) -> list[nn.Module]:
+        """The modules `_decode_step` goes around (whose hooks it would skip), listed again for each new cache
+        (each `generate` call)."""
+        found = _BYPASSED.get(self)
+        if found is None or found[0]() is not cache:
+            modules: list[nn.Module] = [self, self.embeddings]
+            for layer in self.layers:
+                modules += [layer, layer.attn, layer.mlp]
+                for norm in (layer.attn_norm, layer.conv_norm, layer.mlp_norm):
+                    if norm is not None:
+                        modules += [norm, norm.norm]
+                if layer.conv is not None:
+                    modules.append(layer.conv)
+            found = _BYPASSED[self] = (weakref.ref(cache), modules + [self.norm, self.norm.norm])
+        return found[1]
 
 
 class MusicForCausalLM(MusicPreTrainedModel, GenerationMixin):
@@ -635,6 +840,34 @@ class MusicForCausalLM(MusicPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
+
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, next_sequence_length: int | None = None,
+                                      cache: Cache | None = None, attention_mask: torch.Tensor | None = None,
+                                      inputs_embeds: torch.Tensor | None = None,
+                                      is_first_iteration: bool | None = False, **kwargs) -> dict:
+        """transformers' inputs of a generation step; a decoding step (one new token per row, a dynamic cache) gets
+        the same inputs by a shorter route (transformers' own inspects `forward`'s signature at every step of a
+        model registered for the Auto classes, as this one is)."""
+        if (next_sequence_length != 1 or is_first_iteration or kwargs.get("past_key_values") is not None
+                or not isinstance(cache, Cache) or cache.is_compileable
+                or any(kwargs.get(key) is not None for key in _SLICED_GENERATION_INPUTS)
+                or input_ids.device != self.model.embeddings.token.weight.device):
+            if "past_key_values" not in kwargs:
+                kwargs["cache"] = cache
+            return super().prepare_inputs_for_generation(
+                input_ids, next_sequence_length=next_sequence_length, attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs)
+        inputs = {"input_ids": input_ids[:, -1:].clone(memory_format=torch.contiguous_format), "cache": cache}
+        if (position_ids := kwargs.pop("position_ids", None)) is not None:
+            inputs["position_ids"] = position_ids[..., -1:].clone(memory_format=torch.contiguous_format)
+        if attention_mask is not None:
+            inputs["attention_mask"] = attention_mask
+        prefill_only = kwargs.get("use_cache", True)  # multimodal inputs go only into the prefill
+        for key, value in kwargs.items():
+            if key not in ("labels", "next_sequence_length") and not (
+                    prefill_only and key in MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL):
+                inputs.setdefault(key, value)
+        return inputs
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
@@ -656,6 +889,16 @@ class MusicForCausalLM(MusicPreTrainedModel, GenerationMixin):
         shifted, as context parallelism passes them) may replace them. `num_items_in_batch` normalizes the summed
         loss by a token count shared across accumulation steps and processes."""
         loss_kwargs = {k: kwargs.pop(k) for k in ("num_items_in_batch", "ignore_index", "shift_labels") if k in kwargs}
+        if (labels is None and not loss_kwargs and inputs_embeds is None and attribute_ids is None
+                and (use_cache if use_cache is not None else self.config.use_cache)
+                and all(v is None or v is False for v in kwargs.values()) and not self.config.output_attentions
+                and not self.config.output_hidden_states):
+            # a decoding step: the short route when it applies (the same values; see MusicModel._decode_step)
+            hidden = self.model._decode_step(input_ids, attention_mask, position_ids, cache, genre_ids)
+            if hidden is not None:
+                if isinstance(logits_to_keep, torch.Tensor):
+                    hidden = hidden[:, logits_to_keep]
+                return CausalLMOutputWithPast(logits=self.lm_head(hidden), cache=cache)
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              cache=cache, inputs_embeds=inputs_embeds, genre_ids=genre_ids,
                              attribute_ids=attribute_ids, use_cache=use_cache, return_dict=True, **kwargs)

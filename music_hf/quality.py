@@ -1,6 +1,8 @@
 """Quality of music models on the held-out TEST split of their corpus, an ablation of the music embeddings, the
-quality of generated music (grammar errors, pitch-class profile and note density per genre, genre control), and
-composition with control (control adherence with and without guidance against chance, bar infilling, accompaniment).
+quality of generated music (grammar errors, pitch-class profile and note density per genre, genre control, the
+objective music metrics of the literature and of structure against held-out pieces, memorization of training
+pieces), and composition with control (control adherence with and without guidance against chance, bar infilling,
+accompaniment).
 
 Results go to BENCHMARKS.md (section "Quality"), a JSON file, and `evaluation_results.json` in every evaluated
 model folder (next to `training_results.json`).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import logging
 import shutil
@@ -27,16 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM
 from transformers.hf_argparser import HfArg
 
+from .configuration_music import MusicConfig
 from .data import MusicDataCollator
-from .evaluation import (ACCOMPANIMENT_PROGRAMS, GUIDANCE_SCALE, accompaniment_quality, classification_scores,
-                         classify_genres, composition_unsupported, control_adherence, generate_per_genre,
-                         grammar_error_rate, histogram_distance, infill_quality, mean_finite, notes_per_bar,
-                         pooled_pitch_class_histogram, train_genre_classifier)
+from .evaluation import (ACCOMPANIMENT_PROGRAMS, COPY_THRESHOLD, GUIDANCE_SCALE, MUSIC_METRICS, BarIndex,
+                         _music_body, accompaniment_quality, bar_notes, classification_scores, classify_genres,
+                         composition_unsupported, control_adherence, generate_per_genre, grammar_error_rate,
+                         histogram_distance, infill_quality, mean_finite, memorization, music_metrics,
+                         notes_per_bar, pooled_pitch_class_histogram, train_genre_classifier)
+from .real_world import DEFAULT_REAL_WORLD_DIR, real_world_quality, real_world_section
 from .reports import Report
 from .tokenization_music import MusicTokenizer
 from .training import MODEL_SAMPLING, TrainConfig, build_datasets, build_model, evaluate, train
@@ -90,6 +97,10 @@ class EvaluationArguments:
                                                                 "(default 16, quick 2)")
     guidance_scale: float = HfArg(default=GUIDANCE_SCALE, help="classifier-free guidance scale of the guided "
                                                                "control-adherence generations (1: none)")
+    real_world_dir: str = HfArg(default="auto", help="real-world MIDI files (evaluation only) to score the model on, "
+                                                     "raw and after prompt mapping (`python scripts/fetch_eval_midi.py`"
+                                                     " fetches them); auto: .cache/eval-midi when it exists (not with "
+                                                     "--quick); none: skip")
     device: str = HfArg(default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     threads: int | None = HfArg(default=None, help="torch CPU threads (none: torch's choice; quick: 1)")
 
@@ -174,6 +185,22 @@ def held_out_metrics(model: Any, tokenizer: MusicTokenizer, windows: Any, batch_
     return evaluate(model, loader, tokenizer.music_attributes()["note_count"])
 
 
+def compare_on_test_split(cfg: TrainConfig, model_dirs: list[str | Path], batch_size: int = 16
+                          ) -> list[dict[str, Any]]:
+    """Held-out metrics of saved music models on the test split of one run's data settings (`cfg`): the same
+    windows for every model, each read with its own tokenizer and genre ids (how the quickstart compares its
+    model with the shipped one). A folder that does not exist is left out."""
+    rows = []
+    for folder in map(Path, model_dirs):
+        if not (folder / "config.json").is_file():
+            continue
+        model, tok = load_model(folder, "cpu")
+        windows = build_datasets(cfg.replace(init_from=str(folder)), tokenizer=tok, progress=False)[-1]
+        rows.append({"model": str(folder), "parameters": sum(p.numel() for p in model.parameters()),
+                     **held_out_metrics(model, tok, windows["test"], batch_size)})
+    return rows
+
+
 # ----- generation quality ----------------------------------------------------------------------------------
 def generation_quality(model: Any, tokenizer: MusicTokenizer, genres: list[str], pieces: Any, windows: Any,
                        settings: dict[str, Any], max_length: int, device: str) -> dict[str, Any]:
@@ -224,14 +251,69 @@ def generation_quality(model: Any, tokenizer: MusicTokenizer, genres: list[str],
             "classifier_recall": {m: recognised[m]["recall"].get(gid, float("nan")) for m in recognised},
         }
     all_gen = {m: [s for g in model_genres for s in generated[m][g]] for m in generated}
+    t0 = time.perf_counter()
+    structure = music_quality(tokenizer, model_genres, genres, generated["constrained"], pieces,
+                              settings["max_new_tokens"], seed)
+    music_seconds = time.perf_counter() - t0
     return {
-        "genres": model_genres, "per_genre": per_genre,
+        "genres": model_genres, "genre_ids": {g: genres.index(g) for g in model_genres},
+        "per_genre": per_genre, **structure,
         "grammar_error_rate": {m: grammar_error_rate(all_gen[m], tokenizer) for m in all_gen},
         "classifier": {"test_windows": real, "generated": recognised, "steps": settings["classifier_steps"]},
         "settings": {"per_genre": settings["per_genre"], "max_new_tokens": settings["max_new_tokens"], **sampling,
                      "seed": seed},
-        "seconds": {"generation": generation_seconds, "classifier": classifier_seconds},
+        "seconds": {"generation": generation_seconds, "classifier": classifier_seconds,
+                    "music_metrics": music_seconds},
     }
+
+
+MAX_REFERENCE_PIECES = 200  # training pieces per genre (a seeded sample) whose metrics make the floor
+
+
+def music_quality(tokenizer: MusicTokenizer, model_genres: list[str], genres: list[str],
+                  generated: dict[str, list[list[int]]], pieces: Any, max_new_tokens: int, seed: int = 0,
+                  max_reference: int = MAX_REFERENCE_PIECES) -> dict[str, Any]:
+    """The objective music metrics (`music_metrics`) per genre of the generations, of held-out pieces and of
+    training pieces, and the memorization of the generations (and, as the floor, of the held-out pieces).
+
+    Held-out and training pieces are cut to their first `max_new_tokens` tokens, as long as a generation at most:
+    repeated bars, groove consistency and the longest copied span grow with a piece's length. The metrics' training
+    column takes at most `max_reference` training pieces per genre (drawn with `seed`); memorization looks for
+    copies in every training piece, whole, of every genre (`BarIndex`).
+    """
+    def opening(ids: list[int]) -> list[int]:
+        return _music_body(tokenizer, ids)[:max_new_tokens]
+
+    def means(scores: list[Any]) -> dict[str, float]:
+        rows = [music_metrics(s) for s in scores]
+        return {key: mean_finite([r[key] for r in rows]) for key, _ in MUSIC_METRICS}
+
+    rng = np.random.default_rng(seed)
+    ids = {split: pieces[split]["input_ids"] if split in pieces else [] for split in ("train", "test")}
+    genre_of = {split: np.asarray(pieces[split]["genre_id"] if split in pieces else [], dtype=np.int64)
+                for split in ("train", "test")}
+    index = BarIndex([bar_notes(tokenizer.decode_midi(x)) for x in ids["train"]])
+    metrics: dict[str, Any] = {}
+    bars: dict[str, dict[str, list]] = {"generated": {}, "held-out": {}}
+    for genre in model_genres:
+        gid = genres.index(genre)
+        train_rows = np.flatnonzero(genre_of["train"] == gid)
+        if len(train_rows) > max_reference:
+            train_rows = np.sort(rng.choice(train_rows, max_reference, replace=False))
+        sets = {"generated": [tokenizer.decode_midi(s) for s in generated[genre]],
+                "test": [tokenizer.decode_midi(opening(ids["test"][int(r)]))
+                         for r in np.flatnonzero(genre_of["test"] == gid)],
+                "train": [tokenizer.decode_midi(opening(ids["train"][int(r)])) for r in train_rows]}
+        metrics[genre] = {"n": {k: len(v) for k, v in sets.items()}, **{k: means(v) for k, v in sets.items()}}
+        bars["generated"][genre] = [bar_notes(s) for s in sets["generated"]]
+        bars["held-out"][genre] = [bar_notes(s) for s in sets["test"]]
+    memorized = {kind: {"per_genre": {g: memorization(b, index) for g, b in by_genre.items()},
+                        "all": memorization([x for b in by_genre.values() for x in b], index)}
+                 for kind, by_genre in bars.items()}
+    return {"music_metrics": {"per_genre": metrics, "max_new_tokens": max_new_tokens, "max_reference": max_reference,
+                              "training_pieces": len(ids["train"])},
+            "memorization": {**memorized, "threshold": COPY_THRESHOLD, "training_pieces": index.pieces,
+                             "distinct_training_bars": len(index.where)}}
 
 
 # ----- composition with control ----------------------------------------------------------------------------
@@ -345,6 +427,70 @@ def composition_section(report: Report, comp: dict[str, Any] | None) -> None:
 
 
 # ----- report ----------------------------------------------------------------------------------------------
+def recognition_section(report: Report, gen: dict[str, Any]) -> None:
+    """Genre recognition per genre against chance (1/genres): the generations' recall next to the real test
+    windows' recall of the same classifier."""
+    c = gen["classifier"]
+    chance = c["generated"]["constrained"]["uniform_chance"]
+    real = c["test_windows"]["recall"]
+    report.text("Per genre: share of the generations of each genre the classifier assigns to it (its recall), and "
+                "its recall on the real test windows of the genre, against chance (1/genres).")
+    rows = []
+    for genre, g in gen["per_genre"].items():
+        gid = gen.get("genre_ids", {}).get(genre)
+        recall = g["classifier_recall"]
+        rows.append([genre, g["generated"], recall["constrained"], recall["unconstrained"],
+                     real.get(gid, real.get(str(gid), float("nan"))) if gid is not None else float("nan"), chance,
+                     recall["constrained"] / chance])
+    report.table(["genre", "generated", "recognised (constrained)", "recognised (unconstrained)",
+                  "recall on real test windows", "chance (1/genres)", "recognised (constrained) / chance"], rows)
+
+
+def music_metrics_section(report: Report, gen: dict[str, Any]) -> None:
+    """The tables "Music metrics" (per genre: generations, held-out and training pieces, and the training-vs-held-out
+    gap as the floor) and "Memorization"."""
+    mm, mem = gen.get("music_metrics"), gen.get("memorization")
+    if not mm or not mem:
+        return
+    report.heading("Music metrics")
+    report.text(
+        "Objective metrics of the literature, per piece then averaged per genre (pieces where a metric is undefined "
+        "left out, n/a where none has it): constrained generations, held-out (test) pieces and at most "
+        f"{mm['max_reference']} training pieces per genre, the real pieces cut to their first {mm['max_new_tokens']} "
+        "tokens, as long as a generation at most. From muspy: pitch-class entropy (bits; 12-bin histogram of the "
+        "notes), scale consistency (largest share of notes in one major or minor scale), groove consistency (1 - "
+        "mean Hamming distance of neighbouring bars' onset patterns), polyphony (mean pitches on over the ticks "
+        "where any is on), empty-beat rate (share of quarter-note beats where no note sounds). Ours: notes per bar; "
+        "repeated bars (share of the non-empty bars whose notes, relative to the bar start, equal an earlier bar's); "
+        "simultaneous voices (mean notes sounding at an onset); dissonant intervals (share of the pitch pairs "
+        "formed at onsets a minor second, tritone or major seventh apart, in any octave; n/a for melodies). "
+        "Floor: the gap between training and held-out pieces of the genre, what two samples of real music differ by; "
+        "a generation gap near or below it is as close to the held-out pieces as the training pieces are.")
+    rows = []
+    for genre, m in mm["per_genre"].items():
+        rows.append([genre, "pieces", m["n"]["generated"], m["n"]["test"], m["n"]["train"], "-", "-"])
+        for key, label in MUSIC_METRICS:
+            g, t, tr = m["generated"][key], m["test"][key], m["train"][key]
+            rows.append([genre, label, g, t, tr, abs(g - t), abs(tr - t)])
+    report.table(["genre", "metric", "generated", "held-out", "training", "gap generated vs held-out",
+                  "floor: gap training vs held-out"], rows)
+    report.heading("Memorization")
+    threshold = mem["threshold"]
+    report.text(
+        f"For each piece, the longest span of consecutive bars that equals consecutive bars of one training piece "
+        f"(all {mem['training_pieces']} training pieces, whole, every genre; {mem['distinct_training_bars']} distinct "
+        "non-empty bars in a hash index). A bar is its notes as (onset relative to the bar start, pitch, duration), "
+        "all parts pooled: a copy must have the same pitches (not transposed) and rhythm; empty bars never match. "
+        f"Copying: a longest span of more than {threshold} bars. Held-out pieces (cut as above) are the floor: how "
+        "much real pieces of the corpus share with the training pieces.")
+    rows = []
+    for kind in ("generated", "held-out"):
+        for genre, r in [*mem[kind]["per_genre"].items(), ("all genres", mem[kind]["all"])]:
+            rows.append([kind, genre, r["n"], r["mean_longest"], r["max_longest"], r["copied_share"]])
+    report.table(["pieces", "genre", "n", "mean longest copied span (bars)", "longest copied span (bars)",
+                  f"share copying > {threshold} bars"], rows)
+
+
 def quality_section(report: Report, results: dict[str, Any]) -> None:
     """The tables of the section "Quality", each with the settings it was measured with."""
     models, gen, s, sec = results["models"], results.get("generation"), results["settings"], results["seconds"]
@@ -407,9 +553,12 @@ def quality_section(report: Report, results: dict[str, Any]) -> None:
                        r["balanced_accuracy"] / r["uniform_chance"]]
                       for label, r in (("real test windows", c["test_windows"]),
                                        ("generated, constrained", c["generated"]["constrained"]))])
+        recognition_section(report, gen)
+        music_metrics_section(report, gen)
     elif results.get("generation_skipped"):
         report.text(f"Generated music: not evaluated ({results['generation_skipped']}).")
     composition_section(report, results.get("composition"))
+    real_world_section(report, results.get("real_world"))
     report.heading("Commands")
     report.bullets([
         "the ablation: `python scripts/evaluate.py --ablation --config scripts/configs/ablation.yaml` "
@@ -420,13 +569,31 @@ def quality_section(report: Report, results: dict[str, Any]) -> None:
         "`python scripts/evaluate.py --model outputs/gpu --generations 32 --max_new_tokens 1024`",
         "smoke run: `python scripts/evaluate.py --quick --ablation --output_dir /tmp/quick --output /tmp/quick.md`",
         "composition with control: on by default for the evaluated music model (`--composition_samples N`, "
-        "`--guidance_scale G`; `--no_composition` skips it)"])
+        "`--guidance_scale G`; `--no_composition` skips it)",
+        "real-world MIDI: `python scripts/fetch_eval_midi.py` once (into `.cache/eval-midi`, never training data); "
+        "evaluate then scores the evaluated model on it (`--real_world_dir DIR` for other files, `none` to skip)"])
 
 
 # ----- the run ---------------------------------------------------------------------------------------------
+def real_world_folder(args: EvaluationArguments) -> Path | None:
+    """The folder of real-world MIDI files to score (`--real_world_dir`), None for none."""
+    value = (args.real_world_dir or "none").strip()
+    if value.lower() == "none":
+        return None
+    if value.lower() == "auto":
+        return DEFAULT_REAL_WORLD_DIR if DEFAULT_REAL_WORLD_DIR.is_dir() and not args.quick else None
+    if not Path(value).is_dir():
+        raise SystemExit(f"--real_world_dir {value}: no such folder (`python scripts/fetch_eval_midi.py` fetches "
+                         f"the real-world MIDI files into {DEFAULT_REAL_WORLD_DIR})")
+    return Path(value)
+
+
 def run(args: EvaluationArguments, cfg: TrainConfig, command: str) -> dict[str, Any]:
     """Evaluate (and with `--ablation`, first train) the models; write the report, the JSON and each model's
     `evaluation_results.json`."""
+    if not args.no_generation and importlib.util.find_spec("muspy") is None:
+        raise SystemExit("the music metrics of the generations need muspy: pip install 'music-hf[eval]' "
+                         "(or pass --no_generation)")
     report = Report(command, args.device)
     out_dir = Path(cfg.training.output_dir)
     json_path = Path(args.json) if args.json else out_dir / "evaluation.json"
@@ -457,11 +624,16 @@ def run(args: EvaluationArguments, cfg: TrainConfig, command: str) -> dict[str, 
     data_for: dict[str, tuple] = {}  # windows per tokenizer (a given model may bring its own)
     gen_name = "model" if args.model else "music"
     generation, generation_skipped, composition = None, None, None
+    real_world_dir = real_world_folder(args)
+    real_world = None
     for name, entry in models.items():
         model, tok = load_model(Path(entry["dir"]), args.device)
-        key = tok.to_json_summary() + str(tok.vocab_size)
+        # a given music model reads the data with its own genre ids (its genres first, as a fine-tuning run would)
+        own = name == "model" and getattr(model.config, "model_type", "") == MusicConfig.model_type
+        data_cfg = cfg.replace(init_from=entry["dir"]) if own else cfg
+        key = tok.to_json_summary() + str(tok.vocab_size) + (entry["dir"] if own else "")
         if key not in data_for:
-            data_for[key] = (tok, *build_datasets(cfg, tokenizer=tok, progress=False)[1:])
+            data_for[key] = (tok, *build_datasets(data_cfg, tokenizer=tok, progress=False)[1:])
         tok, genres_m, pieces_m, _, windows_m = data_for[key]
         entry["parameters"] = sum(p.numel() for p in model.parameters())
         entry["intermediate_size"] = mlp_size(model.config)
@@ -496,12 +668,19 @@ def run(args: EvaluationArguments, cfg: TrainConfig, command: str) -> dict[str, 
                         trained_composition(Path(entry["dir"])))
                     composition["model"] = entry["label"]
                     per_model["composition"] = composition
+        if name == gen_name and real_world_dir is not None:
+            real_world = real_world_quality(model, tok, real_world_dir, window=cfg.data.max_length,
+                                            batch_size=cfg.training.per_device_batch_size,
+                                            max_windows_per_file=2 if args.quick else None)
+            real_world.update(model=entry["label"], test_nll=entry["test"]["loss"])
+            per_model["real_world"] = real_world
         (Path(entry["dir"]) / RESULTS_FILE).write_text(json.dumps(per_model, indent=2))
 
     data = cfg.data
     results = {
         "command": command, "machine": report.machine, "models": models, "ablation": ablation,
         "generation": generation, "generation_skipped": generation_skipped, "composition": composition,
+        "real_world": real_world,
         "settings": {"quick": args.quick, "config": cfg.to_dict(), "max_length": data.max_length,
                      "data": f"{', '.join(data.corpus_collections)} (music21 corpus, at most "
                              f"{data.max_pieces_per_collection} pieces each)" if not (data.midi_dir or data.hf_dataset)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ from torch import nn
 from transformers import PreTrainedConfig, get_scheduler
 from transformers.hf_argparser import HfArg
 
+from .adapters import GENRE_MODULE, GENRES_FILE, LORA_TARGET_MODULES, add_genres, merge_genres, model_genres
 from .configuration_music import ATTRIBUTE_TABLES, MusicConfig
 from .corpus import prepare_corpus, read_midi_folder
 from .data import (AugmentationConfig, DataSummary, MusicDataCollator, TokenAugmenter, genre_names,
@@ -66,6 +68,11 @@ class DataArguments:
     velocity_jitter: int = HfArg(default=0, help="augmentation: move each velocity by up to this many bins")
     duration_jitter: int = HfArg(default=0, help="augmentation: move each duration by up to this many bins")
     position_jitter: int = HfArg(default=0, help="augmentation: move each onset by up to this many positions")
+    velocity_dynamics: float = HfArg(default=0.0, help="augmentation: chance that a window's velocities are redrawn "
+                                                       "as performed dynamics (level, crescendo or swell, accents) "
+                                                       "over the whole velocity range")
+    program_reassign: float = HfArg(default=0.0, help="augmentation: chance that a window's instruments are "
+                                                      "reassigned to other General MIDI families")
     augment_probability: float = HfArg(default=1.0, help="chance that a training window is augmented")
     fim_rate: float = HfArg(default=0.0, help="composition: chance that a training window is rearranged for "
                                               "fill-in-the-middle over its bars (infilling)")
@@ -90,7 +97,8 @@ class DataArguments:
     def augmentation(self) -> AugmentationConfig:
         return AugmentationConfig(pitch_shift=self.pitch_shift, tempo_shift=self.tempo_shift,
                                   velocity_jitter=self.velocity_jitter, duration_jitter=self.duration_jitter,
-                                  position_jitter=self.position_jitter, probability=self.augment_probability)
+                                  position_jitter=self.position_jitter, velocity_dynamics=self.velocity_dynamics,
+                                  program_reassign=self.program_reassign, probability=self.augment_probability)
 
 
 # MusicConfig fields that MusicConfig.from_tokenizer fills from the tokenizer and the genres
@@ -134,6 +142,21 @@ class RunArguments:
         default="music", help="music: MusicForCausalLM; gpt2: GPT2LMHeadModel of the same sizes (a baseline "
                               "without music embeddings)")
     gradient_checkpointing: bool = HfArg(default=False, help="recompute activations in the backward pass")
+    init_from: str | None = HfArg(
+        default=None, help="fine-tune: start from the MusicForCausalLM saved in this folder or Hub repo (a run's "
+                           "output_dir, models/music-hf-base): its tokenizer (unless tokenizer_path, which must "
+                           "match its vocabulary) and its sizes; model settings that would change them are ignored "
+                           "with a warning, the *_dropout ones apply. Its genres keep their ids; data genres it does "
+                           "not know get new genre embedding rows after them (none: a new model)")
+    lora_r: int = HfArg(default=0, help="with init_from: train a PEFT LoRA adapter of this rank instead of all the "
+                                        "weights (new genres' embedding rows train too); output_dir then holds only "
+                                        "the adapter, for `PeftModel.from_pretrained` or `--adapter` (0: off)")
+    lora_alpha: float | None = HfArg(default=None, help="LoRA scaling alpha (none: 2 x lora_r)")
+    lora_dropout: float = HfArg(default=0.0, help="dropout on the LoRA branch's input")
+    lora_target_modules: list[str] = HfArg(
+        default_factory=lambda: list(LORA_TARGET_MODULES),
+        help="linear layers that get LoRA adapters, by name (spaces or commas between): attention qkv_proj, "
+             "o_proj; MLP fc_in, fc_out")
     learning_rate: float = HfArg(default=1e-3, help="peak learning rate of AdamW")
     min_lr_rate: float = HfArg(default=0.1, help="learning rate at the end of the cosine decay, as a fraction "
                                                  "of the peak")
@@ -160,6 +183,9 @@ class RunArguments:
                                                         "logs beside them")
     push_to_hub: str | None = HfArg(default=None, help="push the final model to this Hub repo (namespace/name)")
     hub_private: bool = HfArg(default=False, help="create the Hub repo private")
+
+    def __post_init__(self) -> None:
+        self.lora_target_modules = [m for item in self.lora_target_modules for m in item.split(",") if m]
 
 
 @dataclass
@@ -269,13 +295,31 @@ def load_pieces(cfg: TrainConfig, progress: bool = True) -> tuple[Any, list[str]
 
 
 def build_tokenizer(cfg: TrainConfig, pieces: Any = None, column: str = "path") -> MusicTokenizer:
-    """The run's tokenizer: loaded from `tokenizer_path`, else REMI+ (with BPE learned on train pieces if asked)."""
-    if cfg.data.tokenizer_path:
-        return MusicTokenizer.from_pretrained(cfg.data.tokenizer_path)
+    """The run's tokenizer: loaded from `tokenizer_path` or else `init_from`, else REMI+ (with BPE learned on train
+    pieces if asked)."""
+    if cfg.data.tokenizer_path or cfg.training.init_from:
+        return MusicTokenizer.from_pretrained(cfg.data.tokenizer_path or cfg.training.init_from)
     tokenizer = MusicTokenizer()
     if cfg.data.bpe_vocab_size and pieces is not None and column == "path":
         tokenizer.train_bpe(cfg.data.bpe_vocab_size, pieces[column])
     return tokenizer
+
+
+def run_genres(cfg: TrainConfig, genres: Sequence[str]) -> list[str]:
+    """The run's genre names by id: the data's (`genre_names`), or with `init_from` the saved model's genres in its
+    id order followed by the data's new ones (`merge_genres`), so that data genre ids are the model's."""
+    if not cfg.training.init_from:
+        return list(genres)
+    return merge_genres(model_genres(init_config(cfg.training.init_from)), genres)
+
+
+def init_config(path: str) -> MusicConfig:
+    """The MusicConfig saved in `init_from`; a ValueError for a folder or repo of another model type."""
+    model_type = MusicConfig.get_config_dict(path)[0].get("model_type")
+    if model_type != MusicConfig.model_type:
+        raise ValueError(f"init_from {path}: not a music model (model_type {model_type!r}); fine-tuning starts "
+                         "from a saved MusicForCausalLM")
+    return MusicConfig.from_pretrained(path)
 
 
 def build_datasets(cfg: TrainConfig, tokenizer: MusicTokenizer | None = None, progress: bool = True
@@ -283,6 +327,7 @@ def build_datasets(cfg: TrainConfig, tokenizer: MusicTokenizer | None = None, pr
     """Tokenizer, genres, tokenized pieces (DatasetDict), summary, and windows per split."""
     data = cfg.data
     pieces, genres, column, cache = load_pieces(cfg, progress)
+    genres = run_genres(cfg, genres)
     tokenizer = tokenizer or build_tokenizer(cfg, pieces, column)
     ds, summary = load_or_tokenize(pieces, tokenizer, genres, cache_dir=cache, music_column=column,
                                    num_proc=data.num_proc, seed=cfg.training.seed,
@@ -297,7 +342,7 @@ def build_streams(cfg: TrainConfig, rank: int = 0, world_size: int = 1, progress
     """Tokenizer, genres and streamed windows per split (`streaming_windows`): this process's share of the pieces,
     split as `build_datasets` splits them."""
     data = cfg.data
-    if data.bpe_vocab_size and not data.tokenizer_path:
+    if data.bpe_vocab_size and not (data.tokenizer_path or cfg.training.init_from):
         raise ValueError("streaming learns no BPE (it sees no pieces ahead): pass tokenizer_path of a BPE tokenizer")
     ds, entries, _ = _source(cfg, progress)
     if ds is not None:
@@ -306,7 +351,7 @@ def build_streams(cfg: TrainConfig, rank: int = 0, world_size: int = 1, progress
         labels = ds[data.hf_genre_column] if data.hf_genre_column else []
     else:
         source, labels = {"entries": entries}, [e.genre for e in entries]
-    genres = genre_names(labels)
+    genres = run_genres(cfg, genre_names(labels))
     tokenizer = build_tokenizer(cfg)
     streams = {split: streaming_windows(tokenizer, genres, data.max_length, data.overlap, split=split,
                                         validation_fraction=data.validation_fraction,
@@ -364,6 +409,57 @@ def build_model(cfg: TrainConfig, tokenizer: MusicTokenizer, genres: Sequence[st
         pad_token_id=tokenizer.pad_token_id))
 
 
+# model settings a fine-tuning run may change on the saved model: they change no weight's shape or meaning
+FINE_TUNING_SETTINGS = {"embedding_dropout", "attention_dropout", "hidden_dropout", "classifier_dropout", "use_cache"}
+
+
+def load_init_model(cfg: TrainConfig, tokenizer: MusicTokenizer, genres: Sequence[str]) -> MusicForCausalLM:
+    """The saved model of `init_from`, to fine-tune: its weights and sizes (model settings other than the dropouts
+    that differ from its own are ignored with a warning), float32. `genres` (`run_genres`: its genres in id order,
+    then new ones) that it does not know get new genre-embedding rows (`add_genres`); the tokenizer must have its
+    vocabulary size."""
+    run = cfg.training
+    path = run.init_from
+    if run.architecture != "music":
+        raise ValueError(f"init_from loads a MusicForCausalLM: architecture must be 'music', got {run.architecture!r}")
+    config = init_config(path)
+    settings = cfg.model.settings()
+    applied = {k: v for k, v in settings.items() if k in FINE_TUNING_SETTINGS}
+    ignored = {k: v for k, v in settings.items() if k not in applied and getattr(config, k) != v}
+    if ignored:
+        logger.warning("init_from %s: ignoring model settings %s (the saved model has %s)", path, ignored,
+                       {k: getattr(config, k) for k in ignored})
+    model = MusicForCausalLM.from_pretrained(path, dtype=torch.float32, **applied)
+    if len(tokenizer) != model.config.vocab_size:
+        source = f"tokenizer_path {cfg.data.tokenizer_path}" if cfg.data.tokenizer_path else f"the tokenizer in {path}"
+        raise ValueError(f"{source} has {len(tokenizer)} ids but the model in init_from {path} has vocab_size "
+                         f"{model.config.vocab_size}: fine-tune with the tokenizer the model was trained with")
+    known = model_genres(model.config)
+    if list(genres[: len(known)]) != known:
+        raise ValueError(f"init_from {path}: the run's genres {list(genres)} do not start with the model's {known} "
+                         "(build them with run_genres)")
+    added = add_genres(model, genres)
+    if added:
+        logger.info("init_from %s: new genres %s get ids %s", path, added,
+                    list(range(len(known), len(known) + len(added))))
+    return model
+
+
+def lora_model(model: MusicForCausalLM, run: RunArguments, genres_added: bool = False) -> nn.Module:
+    """`model` wrapped for LoRA training (`peft.get_peft_model`): adapters of rank `lora_r` on
+    `lora_target_modules`, the rest frozen, except the genre embedding when genres were added (`modules_to_save`:
+    trained and saved whole with the adapter)."""
+    try:
+        import peft
+    except ImportError as e:
+        raise ImportError("lora_r needs peft: pip install peft") from e
+    train_genres = genres_added and model.config.use_genre_embedding
+    config = peft.LoraConfig(r=run.lora_r, lora_alpha=run.lora_alpha or 2 * run.lora_r,
+                             lora_dropout=run.lora_dropout, target_modules=list(run.lora_target_modules),
+                             modules_to_save=[GENRE_MODULE] if train_genres else None, task_type="CAUSAL_LM")
+    return peft.get_peft_model(model, config)
+
+
 def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch keys this model's forward takes (GPT-2 baselines get no genre_ids)."""
     config = getattr(model, "config", None) or model.module.config
@@ -400,20 +496,29 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, max_steps:
 # ----- evaluation -------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model: nn.Module, dataloader: Iterable[dict[str, torch.Tensor]], note_counts: Sequence[int],
-             accelerator: Any = None, max_batches: int | None = None) -> dict[str, float]:
+             accelerator: Any = None, max_batches: int | None = None, lockstep: bool = False) -> dict[str, float]:
     """Loss (NLL per token), perplexity, next-token accuracy and NLL per note over a dataloader.
 
     NLL per note is the summed NLL over the summed number of notes among the predicted tokens: comparable
-    across tokenizations. Sums are gathered across processes when an accelerator is given.
+    across tokenizations. Sums are gathered across processes when an accelerator is given. `lockstep` (sharded
+    weights: FSDP, DeepSpeed, where every forward pass is a collective operation): all processes run as many
+    forward passes, a process out of batches repeating its last one (or a 1-token one) uncounted.
     """
     was_training = model.training
     model.eval()
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     notes_table = None
     totals = torch.zeros(4, dtype=torch.float64)  # nll, tokens, correct, notes
-    for i, batch in enumerate(dataloader):
-        if max_batches is not None and i >= max_batches:
+    batches, filler = iter(dataloader), {"input_ids": torch.zeros((1, 1), dtype=torch.long)}
+    for i in itertools.count():
+        batch = next(batches, None) if max_batches is None or i < max_batches else None
+        if lockstep and accelerator.reduce(torch.tensor(float(batch is not None), device=device), "sum").item():
+            if batch is None:  # the others still evaluate: take part in their forward pass
+                model(**{k: v.to(device) for k, v in model_inputs(model, filler).items() if k != "labels"})
+                continue
+        elif batch is None:
             break
+        filler = batch
         batch = {k: v.to(device) for k, v in batch.items()}  # a plain (unprepared) loader yields CPU tensors
         logits = model(**{k: v for k, v in model_inputs(model, batch).items() if k != "labels"}).logits
         labels = batch["labels"][:, 1:]
@@ -459,26 +564,75 @@ def checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(re.sub(r"\D", "", p.name)))
 
 
+def fsdp_on_cpu(accelerator: Any) -> None:
+    """Shard the model with FSDP2 in a CPU run (gloo) launched with an FSDP config (scripts/configs/accelerate/
+    fsdp_cpu.yaml): accelerate 1.15 makes a launch with ACCELERATE_USE_FSDP an FSDP run only on accelerator devices
+    (`AcceleratorState.__init__` looks for the FSDP plugin only when the distributed type is MULTI_GPU, MULTI_XPU...,
+    not MULTI_CPU), so on CPU the same launch silently trains as plain DDP. torch's FSDP2 (`fully_shard`) runs on
+    CPU over gloo: the state is switched to FSDP, with the plugin accelerate builds from the launcher's FSDP_*
+    environment. Anything else is left alone."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if accelerator.distributed_type != DistributedType.MULTI_CPU or \
+            os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return
+    plugin = FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        raise SystemExit("FSDP on CPU needs fsdp_version: 2 (FSDP2, torch's fully_shard) in the accelerate config: "
+                         "see scripts/configs/accelerate/fsdp_cpu.yaml")
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    accelerator.state.fsdp_plugin = plugin
+    accelerator.state.distributed_type = DistributedType.FSDP  # AcceleratorState's shared state...
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # ...and PartialState's
+    logger.info("FSDP2 on CPU over %s: %d processes", accelerator.state.backend, accelerator.num_processes)
+
+
+def unsharded_class(model: nn.Module) -> type[nn.Module]:
+    """The model's own class: FSDP2's `fully_shard` turns a model's class into a subclass `FSDP<Name>` of it."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+
+
 def train(cfg: TrainConfig, stop_after: int | None = None, resume: str | None = None) -> dict[str, Any]:
     """Train with a plain Accelerate loop (one process or many: DDP, FSDP, DeepSpeed through `accelerate launch`).
 
     The final model, tokenizer and generation config land in `output_dir`, checkpoints in `output_dir/checkpoint-N`.
+    With `init_from` the run fine-tunes that saved model (`load_init_model`); with `lora_r` too, it trains a LoRA
+    adapter of it (`lora_model`) and `output_dir` holds only the adapter (`music_hf.adapters.load_adapter`).
     `stop_after` ends after that many optimizer steps with a checkpoint, the schedule unchanged; `resume` ("latest"
     or a checkpoint folder) continues from a checkpoint. Returns the step reached, the last training loss, the
     last evaluation's metrics and the process count.
     """
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
+    from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
     from torch.utils.data import DataLoader, Subset
     from tqdm.auto import tqdm
 
     run = cfg.training
+    if run.lora_r and not run.init_from:
+        raise ValueError("lora_r trains an adapter of a saved model: pass init_from (its folder or Hub repo)")
+    if run.lora_r and run.push_to_hub:
+        raise ValueError("push_to_hub publishes a whole model; a LoRA run saves only its adapter: upload output_dir "
+                         "with `hf upload` instead")
     out = Path(run.output_dir)
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     accelerator = Accelerator(
         mixed_precision=None if os.environ.get("ACCELERATE_MIXED_PRECISION") else run.mixed_precision,
         step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps, whatever the process count
         log_with=run.log_with, project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        # a multi-process launch on a machine without GPU trains on CPU over gloo (as with ACCELERATE_USE_CPU=1),
+        # not as processes that each train alone (accelerate's DistributedType.NO); DeepSpeed picks its own
+        cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available() and not deepspeed,
     )
+    if deepspeed and accelerator.distributed_type != DistributedType.DEEPSPEED:
+        raise SystemExit(f"launched with a DeepSpeed config but accelerate set up {accelerator.distributed_type}: it "
+                         "enables DeepSpeed only without ACCELERATE_USE_CPU / use_cpu (accelerate/state.py)")
+    fsdp_on_cpu(accelerator)
+    # sharded weights: forward passes (evaluation) are collective, the final model is gathered from all processes
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     set_seed(run.seed)
 
     # data: the main process prepares the corpus and the Arrow cache first, the others then read them
@@ -496,13 +650,22 @@ def train(cfg: TrainConfig, stop_after: int | None = None, resume: str | None = 
     train_windows = windows["train"]
     eval_windows = windows.get("validation") or windows.get("test")
 
-    model = build_model(cfg, tokenizer, genres)
+    genres_added = False
+    if run.init_from:
+        model = load_init_model(cfg, tokenizer, genres)
+        genres_added = len(genres) > init_config(run.init_from).num_genres
+    else:
+        model = build_model(cfg, tokenizer, genres)
     if run.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
+    if run.lora_r:  # after checkpointing is on: PEFT then makes the frozen embeddings' output require grad
+        model = lora_model(model, run, genres_added)
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info("model: %s, %.2fM parameters; %s training windows", run.architecture, n_params / 1e6,
-                "streamed" if streaming else len(train_windows))
+    n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("model: %s%s, %.2fM parameters (%s trained); %s training windows", run.architecture,
+                f" from {run.init_from}" + (f" + LoRA r={run.lora_r}" if run.lora_r else "") if run.init_from else "",
+                n_params / 1e6, f"{n_trained:,}", "streamed" if streaming else len(train_windows))
 
     collator = train_collator(cfg, tokenizer)
     if streaming:  # already this process's share: the loader is not prepared (accelerate would shard it again)
@@ -644,9 +807,10 @@ def train(cfg: TrainConfig, stop_after: int | None = None, resume: str | None = 
             accelerator.log({"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0],
                              "train/tokens_per_s": tokens_seen / max(time.time() - t0, 1e-9)}, step=state.step)
         if eval_loader is not None and (state.step % run.eval_every == 0 or state.step == run.max_steps):
-            # streamed shards differ in length: the unwrapped model runs no collective op per batch
+            # streamed shards differ in length: the unwrapped model runs no collective op per batch (DDP); a
+            # sharded one does, so the processes evaluate in lockstep
             metrics = evaluate(accelerator.unwrap_model(model) if streaming else model, eval_loader, note_counts,
-                               accelerator, run.eval_max_batches)
+                               accelerator, run.eval_max_batches, lockstep=sharded)
             accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
             logger.info("step %d eval %s", state.step, {k: round(v, 4) for k, v in metrics.items()})
         if state.step % run.save_every == 0 or state.step == last_step:
@@ -656,17 +820,35 @@ def train(cfg: TrainConfig, stop_after: int | None = None, resume: str | None = 
     accelerator.wait_for_everyone()
     if state.step >= run.max_steps:
         unwrapped = accelerator.unwrap_model(model)
+        # sharded weights are gathered by all processes into the main one's full state dict (the others get
+        # an empty one); with DDP or one process each holds the full model and save_pretrained reads it itself
+        full_state = accelerator.get_state_dict(model) if sharded else None
         if accelerator.is_main_process:
-            unwrapped.generation_config.update(do_sample=True, **dataclasses.asdict(cfg.sampling))
-            unwrapped.save_pretrained(out)
+            base = unwrapped.get_base_model() if run.lora_r else unwrapped  # a PeftModel's MusicForCausalLM
+            base.generation_config.update(do_sample=True, **dataclasses.asdict(cfg.sampling))
+            if run.lora_r:  # the adapter alone (new genre rows included), and the genres it knows
+                unwrapped.save_pretrained(out, save_embedding_layers=False, state_dict=full_state)
+                base.generation_config.save_pretrained(out)
+                (out / GENRES_FILE).write_text(json.dumps({"id2genre": base.config.id2genre}, indent=2))
+            elif sharded:  # an unsharded copy of the model's own class saves it: FSDP2 re-classes the model
+                # (FSDPMusicForCausalLM, made in torch), whose save_pretrained would copy torch's FSDP sources as
+                # the custom code instead of modeling_music.py
+                plain = unsharded_class(unwrapped)(unwrapped.config)
+                plain.load_state_dict(full_state)
+                plain.generation_config = base.generation_config
+                plain.save_pretrained(out)
+            else:
+                unwrapped.save_pretrained(out)
             tokenizer.save_pretrained(out)
             (out / "training_results.json").write_text(json.dumps({
                 "eval": metrics, "steps": state.step, "train_loss": history[-1]["loss"] if history else None,
                 "data": {"pieces": summary.pieces, "tokens": summary.tokens, "genres": summary.genres,
                          "skipped": len(summary.failed)} if summary is not None else {"streamed": True},
                 "config": cfg.to_dict(), "parameters": sum(p.numel() for p in unwrapped.parameters()),
+                "trained_parameters": sum(p.numel() for p in unwrapped.parameters() if p.requires_grad),
                 "processes": accelerator.num_processes}, indent=2))
-            logger.info("model, tokenizer and generation config saved to %s", out)
+            logger.info("%s, tokenizer and generation config saved to %s", "LoRA adapter" if run.lora_r else "model",
+                        out)
             if run.push_to_hub:
                 from .hub import push_model_dir
                 url = push_model_dir(out, run.push_to_hub, private=run.hub_private)
@@ -679,6 +861,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None, resume: str | None = 
 
 
 __all__ = ["DataArguments", "ModelArguments", "RunArguments", "SamplingArguments", "MODEL_SAMPLING", "TrainConfig",
-           "load_pieces", "build_tokenizer", "build_datasets", "train_collator", "EpochSampler", "build_model",
-           "model_inputs", "parameter_groups", "l1_norm", "lr_scheduler", "evaluate", "checkpoints",
-           "train"]
+           "load_pieces", "build_tokenizer", "run_genres", "build_datasets", "train_collator", "EpochSampler",
+           "build_model", "init_config", "load_init_model", "lora_model", "model_inputs", "parameter_groups",
+           "l1_norm", "lr_scheduler", "evaluate", "checkpoints", "fsdp_on_cpu",
+           "unsharded_class", "train"]

@@ -44,6 +44,17 @@ accelerate launch --num_processes "$NUM_PROCESSES" --num_machines 1 --mixed_prec
 # 3. generation: one piece per genre the model knows, grammar-constrained
 python scripts/generate.py --model "$OUTPUT_DIR" --genre all --max_new_tokens 512 --out "$OUTPUT_DIR/samples"
 
+# 4. how it compares with the model that ships in the repository, on the same held-out pieces
+python - "$CONFIG" "$OUTPUT_DIR" models/music-hf-base <<'PY'
+import sys
+from music_hf.quality import compare_on_test_split
+from music_hf.training import TrainConfig
+print(f"held-out pieces of {sys.argv[1]}:")
+for r in compare_on_test_split(TrainConfig.from_yaml(sys.argv[1]), sys.argv[2:]):
+    print(f"  {r['model']}: NLL/token {r['loss']:.3f}, NLL/note {r['nll_per_note']:.2f}, "
+          f"{r['parameters'] / 1e6:.1f}M parameters")
+PY
+
 echo
 echo "model and tokenizer: $OUTPUT_DIR   (AutoModelForCausalLM / AutoTokenizer .from_pretrained)"
 echo "generated MIDI:      $OUTPUT_DIR/samples/"

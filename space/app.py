@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """music-hf Studio: generate, continue, edit and compare symbolic music in the browser (a Gradio app).
 
-    python space/app.py                      # the model trained by the README's main job (outputs/small)
+    python space/app.py                      # the model that ships in the repository (models/music-hf-base)
     MODEL_ID=org/name python space/app.py    # a model on the Hub, or MODEL_ID=path/to/folder
 
 The same file is the `app_file` of the Hugging Face Space in this folder. Everything a visitor can do is a
@@ -9,8 +9,9 @@ plain method of `Studio` (tests call them directly): generate, continue, regener
 add a part (`accompany_piece`), undo, find similar pieces, with the controls (key, density, polyphony, pitch
 range) and classifier-free guidance. `build_demo` lays out the page and wires events, and runs the model in a
 thread so that the piano rolls draw while tokens come in and Stop keeps what was made.
-Settings come from the environment: MODEL_ID, CORPUS_DIR, MAX_NEW_TOKENS, GENERATION_TIMEOUT_S,
-MAX_UPLOAD_MB, QUEUE_SIZE, MUSIC_HF_SOUNDFONT, and Gradio's own (GRADIO_SERVER_PORT, GRADIO_SERVER_NAME).
+Settings come from the environment: MODEL_ID, ADAPTER (a LoRA adapter folder or Hub repo fine-tuned from
+MODEL_ID), CORPUS_DIR, MAX_NEW_TOKENS, GENERATION_TIMEOUT_S, MAX_UPLOAD_MB, QUEUE_SIZE, MUSIC_HF_SOUNDFONT, and
+Gradio's own (GRADIO_SERVER_PORT, GRADIO_SERVER_NAME).
 """
 
 from __future__ import annotations
@@ -46,18 +47,19 @@ import music_hf  # noqa: E402,F401  (registers the Auto classes)
 from music_hf import MusicFileError  # noqa: E402
 from music_hf.configuration_music import UNKNOWN_GENRE  # noqa: E402
 from music_hf.corpus import MANIFEST_NAME, default_cache_dir  # noqa: E402
-from music_hf.tokenization_music import (CONTROL_NAMES, KEY_MODES, KEY_TONICS, KIND_INDEX,  # noqa: E402
-                                         MIDI_SUFFIXES)
+from music_hf.hub import SHIPPED_MODEL  # noqa: E402
+from music_hf.tokenization_music import CONTROL_NAMES, KEY_MODES, KEY_TONICS, MIDI_SUFFIXES  # noqa: E402
 from music_hf.composition import accompany_piece, check_composition_setup, infill_piece  # noqa: E402
 from music_hf.generation import cpu_threads_for, cut_bars, finish_sequence, generate_music, prompt_ids  # noqa: E402
+from music_hf.fast_inference import default_backend  # noqa: E402  (ONNX Runtime decoding on the CPU when installed)
+from music_hf.prompt_mapping import LEARNED_SHARE, learned_programs, map_prompt, model_knowledge  # noqa: E402,F401
 from music_hf.render import (GM_PROGRAM_NAMES, audio_available, bar_end_tick, bar_starts,  # noqa: E402
                              describe_instruments, piano_roll, pitch_name, program_name, render_audio)
 
 logger = logging.getLogger("music_hf.space")
 
-DEFAULT_MODEL = "./outputs/small"  # a training run's output_dir (the "./" keeps it from reading as a Hub repo id)
-TRAIN_COMMAND = ("accelerate launch scripts/train.py --config scripts/configs/small.yaml "
-                 "--output_dir outputs/small")
+DEFAULT_MODEL = str(SHIPPED_MODEL)  # models/music-hf-base, the model that ships in the repository
+TRAIN_COMMAND = "python scripts/train.py --config scripts/configs/base.yaml --output_dir models/music-hf-base"
 MAX_NEW_TOKENS = int(os.environ.get("MAX_NEW_TOKENS", 1024))
 GENERATION_TIMEOUT_S = float(os.environ.get("GENERATION_TIMEOUT_S", 120))
 MAX_UPLOAD_BYTES = int(float(os.environ.get("MAX_UPLOAD_MB", 2)) * 1024 * 1024)
@@ -65,7 +67,6 @@ QUEUE_SIZE = int(os.environ.get("QUEUE_SIZE", 16))
 MAX_VARIATIONS = 4
 MAX_PROMPT_BARS = 32
 LIVE_ROLL_EVERY = 64  # new tokens between two drawings of the piano roll while a generation runs
-LEARNED_SHARE = 2.0  # a program counts as learned at this many times the chance share of the Program tokens
 ANY_KEY = "any"
 ANY = "any"  # a control left to the model
 CONTROL_LABELS = {"key": "Key", "density": "Notes per bar", "polyphony": "Notes at once",
@@ -133,8 +134,9 @@ def resolve_model_id(model_id: str) -> str:
     return model_id
 
 
-def load_model(model_id: str) -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer), or `ModelUnavailable` saying what to train or set."""
+def load_model(model_id: str, adapter: str | None = None) -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer), or `ModelUnavailable` saying what to train or set. `adapter`: a LoRA
+    adapter folder or Hub repo fine-tuned from the model (`music-hf train --lora_r`), merged into it."""
     resolved = resolve_model_id(model_id)
     looks_local = Path(resolved).is_dir() or model_id.startswith((".", "/", "~")) or model_id.count("/") != 1
     if not Path(resolved).is_dir() and looks_local:
@@ -147,6 +149,12 @@ def load_model(model_id: str) -> tuple[Any, Any]:
         model = AutoModelForCausalLM.from_pretrained(resolved)
     except (OSError, ValueError) as e:
         raise ModelUnavailable(f"Could not load the model `{model_id}`: {e}") from e
+    if adapter:
+        from music_hf.adapters import load_adapter
+        try:
+            model = load_adapter(model, resolve_model_id(adapter))
+        except (OSError, ValueError, ImportError) as e:
+            raise ModelUnavailable(f"Could not load the adapter `{adapter}` onto `{model_id}`: {e}") from e
     if torch.cuda.is_available():
         model.to("cuda")
     model.eval()
@@ -234,35 +242,6 @@ def load_corpus_pieces(genres: list[str], corpus_dir: str | None = None, per_gen
     return pieces, f"{len(pieces)} corpus pieces from {corpus_dir}"
 
 
-def learned_programs(model: Any, tokenizer: Any, contexts: Sequence[tuple[list[int], str]]) -> list[int]:
-    """The programs (128 = drums) the model learned to play, measured from the model itself.
-
-    For each context (ids with BOS, and a genre), the model's probability for each Program token is shared out
-    among the Program tokens (softmax over them) and averaged over the places where the next token is a Program
-    token (the last place when none is, as at the opening of a new piece). A program is learned when its share
-    reaches LEARNED_SHARE times chance (1 / the number of programs) in some context. A program the training data
-    never had gets almost nothing, and a generation restricted to it writes silence: the model would rather move
-    on in time than play it.
-    """
-    program_ids = torch.as_tensor(tokenizer.kind_ids("Program"))
-    if not len(program_ids):
-        return []
-    table = tokenizer.token_table
-    is_program = table.kind == KIND_INDEX["Program"]
-    device = model.device
-    best = torch.zeros(len(program_ids))
-    with torch.no_grad():
-        for ids, genre in contexts:
-            places = [i for i in range(len(ids) - 1) if is_program[ids[i + 1]]] or [len(ids) - 1]
-            logits = model(torch.tensor([ids], device=device),
-                           genre_ids=torch.tensor([model.config.genre_id(genre)], device=device)).logits[0]
-            share = logits[places][:, program_ids.to(device)].float().softmax(-1).mean(0).cpu()
-            best = torch.maximum(best, share)
-    chance = 1.0 / len(program_ids)
-    return sorted(int(table.value[i]) for i, s in zip(program_ids.tolist(), best.tolist())
-                  if s >= LEARNED_SHARE * chance)
-
-
 # ----- generation bookkeeping --------------------------------------------------------------------------
 
 class GenerationProgress(StoppingCriteria):
@@ -338,10 +317,12 @@ class Settings:
 
 @dataclass
 class Prompt:
-    """Token ids to continue (no BOS) and a line describing where they came from."""
+    """Token ids to continue (no BOS), a line describing where they came from, and what `map_prompt` changed to
+    fit them to the model (one line each)."""
 
     ids: list[int]
     label: str
+    changes: list[str] = field(default_factory=list)
 
 
 class Studio:
@@ -355,7 +336,7 @@ class Studio:
                  examples_per_genre: int = 4, index_per_genre: int = 24, prepare_corpus: bool = True,
                  cache_dir: str | None = None):
         self.model_id = model_id or os.environ.get("MODEL_ID") or DEFAULT_MODEL
-        self.model, self.tokenizer = load_model(self.model_id)
+        self.model, self.tokenizer = load_model(self.model_id, os.environ.get("ADAPTER") or None)
         config = self.model.config
         self.genres = [config.id2genre[i] for i in sorted(config.id2genre)]
         self.time_signatures = list(self.tokenizer.time_signatures())
@@ -377,7 +358,10 @@ class Studio:
         if self.missing_genres:
             logger.warning("no corpus example for the genre(s) %s (%s)", ", ".join(self.missing_genres),
                            self.corpus_note)
-        self.programs = learned_programs(self.model, self.tokenizer, self._program_contexts())
+        # what the model learned (`music_hf.prompt_mapping`): the instruments a visitor may pick (`learned_programs`),
+        # and what an uploaded prompt is mapped into
+        self.knowledge = model_knowledge(self.model, self.tokenizer, self._program_contexts())
+        self.programs = sorted(self.knowledge.programs)
         self.control_names, self.controls_note = self._controls()
         self.keys = self._keys()
         try:  # bar infilling and accompaniment: REMI with Program tokens, and the infill tokens in the model
@@ -561,7 +545,14 @@ class Studio:
         kept = cut_bars(self.tokenizer, ids, bars)
         if not any(self.tokenizer.music_attributes()["note_count"][i] for i in kept):
             raise user_error(f"The first {bars} bar(s) of {label} hold no notes; keep more bars.", title="Empty prompt")
-        return Prompt(kept, f"{label} (first {self._bars(kept)} bars)")
+        kept, changes = self.fit_to_model(kept)
+        return Prompt(kept, f"{label} (first {self._bars(kept)} bars)", changes)
+
+    def fit_to_model(self, ids: list[int]) -> tuple[list[int], list[str]]:
+        """The prompt's ids mapped into what the model learned (`map_prompt`: unlearned drums dropped, unlearned
+        instruments to the nearest learned one, velocities and tempos into the learned range), and the changes."""
+        score, changes = map_prompt(self.tokenizer.decode_midi(ids), self.model, self.tokenizer, self.knowledge)
+        return (self.tokenizer.encode_score(score), changes) if changes else (ids, [])
 
     def _bars(self, ids: list[int]) -> int:
         bar_count = self.tokenizer.music_attributes()["bar_count"]
@@ -593,7 +584,9 @@ class Studio:
             label = f"New piece in {settings.time_signature} at {settings.tempo:.0f} BPM"
         else:
             start, label = prompt.ids, f"From {prompt.label}"
-        return list(history or []) + [self._step(start, label, settings, progress, notify)]
+        step = self._step(start, label, settings, progress, notify)
+        step["prompt_changes"] = prompt.changes if prompt is not None else []
+        return list(history or []) + [step]
 
     def continue_piece(self, history: list[dict] | None, variation: int = 1, settings: Settings | None = None,
                        progress: GenerationProgress | None = None, notify: Any = None) -> list[dict]:
@@ -653,7 +646,7 @@ class Studio:
                     programs=settings.programs if settings.constrained else None, controls=settings.controls,
                     guidance_scale=settings.guidance_scale, temperature=settings.temperature, top_k=settings.top_k,
                     top_p=settings.top_p, num_return_sequences=settings.variations,
-                    seed=settings.seed, max_time=GENERATION_TIMEOUT_S,
+                    seed=settings.seed, max_time=GENERATION_TIMEOUT_S, backend=default_backend(self.model),
                     stopping_criteria=StoppingCriteriaList([progress]))
             except ValueError as e:  # a control or guidance the library refuses: its message
                 raise user_error(str(e), title=_error_title(str(e), "Generation")) from None
@@ -974,7 +967,13 @@ class Studio:
         folder.mkdir(parents=True, exist_ok=True)
         image = piano_roll(score, path=folder / f"{uuid.uuid4().hex[:12]}.png", title=f"Prompt: {prompt.label}",
                            height=300)
-        return image, f"Prompt: **{prompt.label}**, {score.note_num()} notes, {len(prompt.ids)} tokens."
+        return image, (f"Prompt: **{prompt.label}**, {score.note_num()} notes, {len(prompt.ids)} tokens."
+                       + (f" {fitted_line(prompt.changes)}" if prompt.changes else ""))
+
+
+def fitted_line(changes: Sequence[str]) -> str:
+    """What `map_prompt` changed in the prompt, for the status line."""
+    return "🔀 Prompt fitted to what the model learned: " + " ".join(changes)
 
 
 def step_message(step: dict) -> str:
@@ -994,7 +993,9 @@ def step_message(step: dict) -> str:
                    f"(up to {step['tokens']} new tokens each).")
         if step["stopped"]:
             message += f" ⚠️ Generation {step['stopped']}; the music is cut there."
-    return " ".join([message, *(f"⚠️ {warning}" for warning in step["warnings"])])
+    changes = step.get("prompt_changes") or []
+    return " ".join([message, *(f"⚠️ {warning}" for warning in step["warnings"]),
+                     *([fitted_line(changes)] if changes else [])])
 
 
 def roll_end_tick(score: Any) -> int:

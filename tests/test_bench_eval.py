@@ -415,6 +415,22 @@ def test_bench_quick_reports_every_figure_with_ratios_from_the_measurements(tmp_
         c = gen["cache"][arch]
         assert c["speedup"] == pytest.approx(c["no_cache_seconds"] / c["cache_seconds"])
     assert table_rows(text, "MusicForCausalLM")[1][-1] == fmt(gen["cache"]["music"]["speedup"])
+    # batch 1 side by side: GPT-2, ours eager (constrained too) and the fast backends, ratios from the medians
+    b1, fast = gen["batch1"], gen["fast_backends"]
+    for name in ("gpt2", "music", "music_constrained", *(f"{b}_constrained" for b in fast)):
+        assert b1[name]["vs_gpt2"] == pytest.approx(b1[name]["tokens_per_s"] / b1["gpt2"]["tokens_per_s"])
+        assert b1[name]["tokens_per_s"] == pytest.approx(gen["new_tokens"] / b1[name]["seconds"])
+    assert b1["constrained_overhead"] == pytest.approx(b1["music_constrained"]["seconds"] / b1["music"]["seconds"] - 1)
+    assert table_rows(text, "ours, eager, grammar-constrained")[0][2] == fmt(b1["music_constrained"]["vs_gpt2"])
+    if "onnx" in fast:  # float32 ONNX Runtime: the eager model's greedy tokens
+        assert b1["onnx_constrained"]["same_tokens_as_eager"]
+    for backend in ("torch", *fast):
+        rt = gen["real_time"][backend]
+        assert rt["real_time_factor"] == pytest.approx(rt["music_seconds"] / rt["seconds"]) and rt["music_seconds"] > 0
+    for name in ("music", "gpt2"):
+        assert gen["memory"][name]["cache_bytes"] > 0 and gen["memory"][name]["peak_bytes"] > 0
+    for part in (tok, tr, b1, gen["cache"], gen["real_time"], gen["memory"]):
+        assert f"1-min load average {part['load_start']} at the start" in text
     print(f"bench --quick took {seconds:.0f} s")
 
 

@@ -27,12 +27,15 @@ from music_hf.cli import main as cli_main
 from music_hf.cli import parse_train_args
 from music_hf.configuration_music import MusicConfig
 from music_hf.tokenization_music import MusicTokenizer
+from music_hf.data import MusicDataCollator
+from music_hf.modeling_music import MusicForCausalLM
 from music_hf.training import (SET_BY_TOKENIZER, EpochSampler, ModelArguments, TrainConfig, build_datasets,
-                               build_model, lr_scheduler, parameter_groups)
+                               build_model, evaluate, lr_scheduler, parameter_groups)
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "scripts" / "train.py"
 TINY = REPO / "scripts" / "configs" / "tiny.yaml"
+FSDP_CPU = REPO / "scripts" / "configs" / "accelerate" / "fsdp_cpu.yaml"
 RUN_TIMEOUT = 480
 
 
@@ -193,6 +196,45 @@ def test_epoch_sampler_is_seeded_and_keeps_whole_global_batches():
     assert sorted(EpochSampler(7)) == list(range(7))
 
 
+class _OtherProcess:
+    """An accelerator stand-in for `evaluate(lockstep=True)`: one other process with `batches` evaluation batches
+    (`reduce` of the has-a-batch flag adds its own; the final sums are returned as they are)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, batches: int):
+        self.left = batches
+
+    def reduce(self, tensor: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+        if tensor.numel() > 1:
+            return tensor
+        self.left -= 1
+        return tensor + float(self.left >= 0)
+
+
+def test_lockstep_evaluation_joins_the_forward_passes_of_longer_shards(tokenizer):
+    """With sharded weights (FSDP) every forward pass is collective: a process whose evaluation shard is shorter
+    runs uncounted forward passes while another process still evaluates, then all stop together."""
+    model = build_model(TrainConfig.from_yaml(TINY), tokenizer, ["unknown"]).eval()
+    shapes = []
+    model.register_forward_hook(lambda m, args, kwargs, out: shapes.append(tuple(kwargs["input_ids"].shape)),
+                                with_kwargs=True)
+    collate = MusicDataCollator(tokenizer.pad_token_id)
+    batches = [collate([{"input_ids": list(range(4, 4 + n)), "genre_id": 0} for n in (9, 12)]) for _ in range(2)]
+    notes = tokenizer.music_attributes()["note_count"]
+    alone = evaluate(model, batches, notes)
+    assert shapes == [(2, 12), (2, 12)] and alone["tokens"] == 2 * (8 + 11)
+    shapes.clear()
+    assert evaluate(model, batches, notes, _OtherProcess(4), lockstep=True) == alone
+    assert shapes == [(2, 12)] * 4  # 2 batches, then the last one again twice, uncounted
+    shapes.clear()
+    assert evaluate(model, batches, notes, _OtherProcess(3), max_batches=1, lockstep=True) == \
+        evaluate(model, batches[:1], notes)
+    shapes.clear()
+    nothing = evaluate(model, [], notes, _OtherProcess(2), lockstep=True)  # no window in this process's shard
+    assert shapes == [(1, 1), (1, 1)] and nothing["tokens"] == 0
+
+
 # ----- training runs ------------------------------------------------------------------------------------
 def _launch(command: list[str], log: Path) -> subprocess.Popen:
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
@@ -231,9 +273,13 @@ class Runs:
         self.root, self.corpus_dir = root, corpus_dir
         self.processes: list[subprocess.Popen] = []
 
-    def command(self, name: str, *overrides: str, processes: int = 1, resume: bool = False) -> list[str]:
+    def command(self, name: str, *overrides: str, processes: int = 1, resume: bool = False,
+                config: Path | None = None) -> list[str]:
         script = [str(TRAIN), "--config", str(TINY), "--output_dir", str(self.root / name), "--log_with", "none",
                   "--corpus_dir", str(self.corpus_dir), *overrides] + (["--resume"] if resume else [])
+        if config is not None:  # an accelerate config file: its distributed type and process count
+            return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+                    "--main_process_port", str(_free_port()), *script]
         if processes == 1:
             return [sys.executable, *script]
         # runs started together each need their own rendezvous port (accelerate's default, 29500, is shared)
@@ -242,9 +288,9 @@ class Runs:
                 "--mixed_precision", "no", "--dynamo_backend", "no", *script]
 
     def start(self, name: str, *overrides: str, processes: int = 1, resume: bool = False,
-              attempt: str = "") -> tuple[subprocess.Popen, Path]:
+              attempt: str = "", config: Path | None = None) -> tuple[subprocess.Popen, Path]:
         log = self.root / f"{name}{attempt}.log"
-        proc = _launch(self.command(name, *overrides, processes=processes, resume=resume), log)
+        proc = _launch(self.command(name, *overrides, processes=processes, resume=resume, config=config), log)
         self.processes.append(proc)
         return proc, log
 
@@ -470,6 +516,54 @@ def test_two_process_stop_and_resume_with_dropout_equals_an_unbroken_two_process
     assert first["unbroken"]["processes"] == resumed["stopped"]["processes"] == 2
     _assert_same_losses(runs.losses("ddp-dropout-stopped"), runs.losses("ddp-dropout-unbroken"), 1e-6)
     _assert_same_weights(runs.weights("ddp-dropout-stopped"), runs.weights("ddp-dropout-unbroken"), 1e-6)
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_cpu_processes_resumes_exactly_and_saves_a_loadable_model(runs):
+    """scripts/configs/accelerate/fsdp_cpu.yaml: FSDP2 (fully_shard over gloo, switched on by `fsdp_on_cpu`),
+    sharded checkpoints (torch.distributed.checkpoint), dropout and augmentation on.
+
+    Stopped after 4 of 6 steps (2 steps after a checkpoint) and resumed, the run ends bit for bit where the unbroken
+    one does: the same float operations in the same order, each process's shard of the weights and AdamW state
+    and its RNG state restored. The unbroken run equals a DDP run of the same settings to float tolerance only
+    (FSDP reduce-scatters gradient shards, DDP all-reduces buckets: other summation orders). The final model is
+    gathered from both processes into one safetensors file that MusicForCausalLM loads."""
+    args = ("--max_steps", "6", "--save_every", "3", "--eval_every", "3", "--per_device_batch_size", "4",
+            "--hidden_dropout", "0.1", "--attention_dropout", "0.1", "--pitch_shift", "3", "--velocity_jitter", "1")
+    first = runs.run_together({
+        "unbroken": (("fsdp-unbroken", *args), {"config": FSDP_CPU}),
+        "stopped": (("fsdp-stopped", *args, "--stop_after", "4"), {"config": FSDP_CPU}),
+        "ddp": (("fsdp-ddp", *args), {"processes": 2}),
+    })
+    resumed = runs.run_together({"stopped": (("fsdp-stopped", *args), {"config": FSDP_CPU, "resume": True,
+                                                                      "attempt": "-resumed"})})["stopped"]
+    assert "FSDP2 on CPU over gloo: 2 processes" in (runs.root / "fsdp-unbroken.log").read_text()
+    assert first["stopped"]["step"] == 4 and _resumed_step(runs.root / "fsdp-stopped-resumed.log") == 4
+    assert first["unbroken"]["processes"] == resumed["processes"] == 2
+    checkpoint = runs.root / "fsdp-stopped" / "checkpoint-4"  # sharded: FSDP, not DDP
+    assert (checkpoint / "pytorch_model_fsdp_0").is_dir() and (checkpoint / "optimizer_0").is_dir()
+    assert not (checkpoint / "model.safetensors").exists()
+
+    unbroken = runs.losses("fsdp-unbroken")
+    assert list(unbroken) == list(range(1, 7)) and all(math.isfinite(v) for v in unbroken.values())
+    _assert_same_losses(runs.losses("fsdp-stopped"), unbroken, 0.0)
+    _assert_same_weights(runs.weights("fsdp-stopped"), runs.weights("fsdp-unbroken"), 0.0)
+    assert resumed["eval"] == first["unbroken"]["eval"]
+    _assert_same_losses(unbroken, runs.losses("fsdp-ddp"), 1e-5)
+    _assert_same_weights(runs.weights("fsdp-unbroken"), runs.weights("fsdp-ddp"), 1e-5)
+    assert first["unbroken"]["eval"]["tokens"] == first["ddp"]["eval"]["tokens"]
+    assert abs(first["unbroken"]["eval"]["loss"] - first["ddp"]["eval"]["loss"]) < 1e-5
+
+    out = runs.root / "fsdp-stopped"
+    assert (out / "modeling_music.py").is_file() and not list(out.glob("_fsdp*.py"))  # the model's own code
+    model = MusicForCausalLM.from_pretrained(out)
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["MusicForCausalLM"]
+    saved = runs.weights("fsdp-stopped")
+    _assert_same_weights({k: v for k, v in model.state_dict().items() if k in saved}, saved, 0.0)
+    ids = torch.tensor([[model.config.bos_token_id, *range(4, 40)]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert logits.shape == (1, ids.shape[1], model.config.vocab_size) and torch.isfinite(logits).all()
 
 
 def test_streaming_with_two_processes_trains_resumes_and_saves(runs):

@@ -1,0 +1,118 @@
+"""The fast CPU backends of `music_hf.fast_inference`: ONNX Runtime gives the same greedy tokens as PyTorch (and
+the same samples for a seed), int8 changes the NLL of held-out windows by under 1 %, both work through
+`generate_music` with the grammar constraint, and an unknown backend name is a clear error. Speed is measured by
+`scripts/bench.py`, not here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from music_hf import MusicConfig, MusicForCausalLM, MusicTokenizer
+from music_hf.fast_inference import BACKENDS, available_backends, check_backend, default_backend, fast_model
+from music_hf.generation import MusicGrammarLogitsProcessor, generate_music
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+needs_onnx = pytest.mark.skipif("onnx" not in available_backends(),
+                                reason="onnxruntime and onnx not installed (pip install 'music-hf[fast]')")
+
+
+def tiny_model(tokenizer: MusicTokenizer, seed: int = 0, **settings) -> MusicForCausalLM:
+    torch.manual_seed(seed)
+    settings = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+                "conv_kernel_size": 4, "max_position_embeddings": 256, **settings}
+    config = MusicConfig.from_tokenizer(tokenizer, genres=["chorale", "folk"], **settings)
+    return MusicForCausalLM(config).eval()
+
+
+def test_unknown_backend_is_a_clear_error(tokenizer):
+    with pytest.raises(ValueError, match=r"unknown backend 'tensorrt': choose one of 'torch', 'onnx'"):
+        check_backend("tensorrt")
+    with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+        generate_music(tiny_model(tokenizer), tokenizer, max_new_tokens=4, backend="gpu")
+    assert check_backend("torch") == "torch" and "torch" in available_backends() and "torch" in BACKENDS
+
+
+@needs_onnx
+@pytest.mark.parametrize("norm,conv,position", [("layernorm", 4, "learned"), ("rmsnorm", 0, "rotary"),
+                                                ("batchnorm", 1, "learned")])
+def test_onnx_greedy_tokens_equal_torch(tokenizer, piece_ids, norm, conv, position):
+    model = tiny_model(tokenizer, norm_type=norm, conv_kernel_size=conv, position_embedding_type=position)
+    fast = fast_model(model, "onnx")
+    assert fast is fast_model(model, "onnx")  # one export per model and weights
+    prompt = torch.tensor([piece_ids[0][:20]])
+    kwargs = dict(attention_mask=torch.ones_like(prompt), genre_ids=torch.tensor([1]), max_new_tokens=80,
+                  min_new_tokens=80, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected = model.generate(prompt, **kwargs)
+        assert torch.equal(fast.generate(prompt, **kwargs), expected)
+        # two rows decode together; beam search falls back to the PyTorch loop
+        two = dict(kwargs, attention_mask=torch.ones(2, prompt.shape[1], dtype=torch.long),
+                   genre_ids=torch.tensor([1, 0]))
+        assert torch.equal(fast.generate(prompt.repeat(2, 1), **two), model.generate(prompt.repeat(2, 1), **two))
+        beams = dict(kwargs, num_beams=2, max_new_tokens=12, min_new_tokens=12)
+        assert torch.equal(fast.generate(prompt, **beams), model.generate(prompt, **beams))
+
+
+@needs_onnx
+def test_onnx_through_generate_music_with_grammar(tokenizer):
+    model = tiny_model(tokenizer, seed=1)
+    settings = dict(genre="folk", max_new_tokens=96)
+    greedy = {b: generate_music(model, tokenizer, do_sample=False, backend=b, **settings) for b in ("torch", "onnx")}
+    sampled = {b: generate_music(model, tokenizer, seed=7, temperature=1.0, top_p=0.95, num_return_sequences=2,
+                                 backend=b, **settings) for b in ("torch", "onnx")}
+    # classifier-free guidance: transformers' processor runs the unconditional rows through the model itself
+    guided = {b: generate_music(model, tokenizer, seed=3, guidance_scale=2.0, backend=b, **settings)
+              for b in ("torch", "onnx")}
+    for pieces in (greedy, sampled, guided):
+        assert [p.ids for p in pieces["onnx"]] == [p.ids for p in pieces["torch"]]
+    grammar = MusicGrammarLogitsProcessor(tokenizer)
+    for piece in greedy["onnx"] + sampled["onnx"]:  # every generated token was allowed by the grammar
+        ids = torch.tensor([piece.ids])
+        for t in range(piece.prompt_length, len(piece.ids)):
+            assert grammar.allowed_mask(ids[:, :t])[0, piece.ids[t]], (t, tokenizer.convert_ids_to_tokens(piece.ids))
+    assert default_backend(model) == "onnx"
+    # a forward hook on the model: the session would skip it, so the PyTorch loop runs (and the hook with it)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        hooked = generate_music(model, tokenizer, do_sample=False, backend="onnx", **settings)
+    finally:
+        hook.remove()
+    assert len(calls) >= len(hooked[0].ids) - hooked[0].prompt_length - 1
+    assert [p.ids for p in hooked] == [p.ids for p in greedy["torch"]]
+
+
+@needs_onnx
+def test_int8_nll_change_on_held_out_windows_under_one_percent(tokenizer, piece_ids):
+    from music_hf.fast_inference import sequence_nll
+
+    model = tiny_model(tokenizer, seed=2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)  # a few steps: probabilities far from uniform
+    batch = torch.tensor([ids[:96] for ids in piece_ids[:2]])
+    model.train()
+    for _ in range(30):
+        model(batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    windows = [ids[96:224] for ids in piece_ids[2:4]]  # windows the model did not train on
+    windows = [[tokenizer.bos_token_id] + w for w in windows]
+    with torch.no_grad():
+        exact = [sequence_nll(model, w, "torch") for w in windows]
+        onnx = [sequence_nll(model, w, "onnx") for w in windows]
+        int8 = [sequence_nll(model, w, "onnx-int8") for w in windows]
+    for e, o, q in zip(exact, onnx, int8):
+        assert abs(o - e) < 1e-4 * e, (e, o)
+        assert abs(q - e) < 0.01 * e, (e, q)
+    # the weights changed after the first export: a new session follows them
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)
+        assert abs(sequence_nll(model, windows[0], "onnx") - sequence_nll(model, windows[0], "torch")) < 1e-3
+
+
+@pytest.fixture(scope="module")
+def piece_ids(real_midi_paths) -> list[list[int]]:
+    tokenizer = MusicTokenizer()
+    pieces = [tokenizer(p)["input_ids"] for p in real_midi_paths]
+    return [ids for ids in pieces if len(ids) >= 240]
