@@ -855,6 +855,9 @@ def train(cfg: TrainConfig, stop_after: int | None = None, resume: str | None = 
                 logger.info("pushed to %s", url)
     else:
         logger.info("stopped after step %d of %d (resume with --resume)", state.step, run.max_steps)
+    # every process leaves together: one that tears its process group down while the main one still saves can
+    # block in gloo's teardown after the main one has exited (seen once, a 2-process CPU run on a loaded machine)
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return {"step": state.step, "final_train_loss": history[-1]["loss"] if history else None, "eval": metrics,
             "processes": accelerator.num_processes}

@@ -31,6 +31,7 @@ from music_hf.evaluation import machine_description, machine_line, markdown_tabl
 from music_hf.training import TrainConfig, build_datasets, build_model, train
 
 SIZES = {  # name -> MusicConfig settings
+    "128x4": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512},
     "192x4": {"hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 768},
     "256x6": {"hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 4, "intermediate_size": 1024},
     "384x6": {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 6, "intermediate_size": 1536},
@@ -64,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="scripts/configs/base.yaml")
     p.add_argument("--minutes", type=float, default=4.0, help="training budget per size")
-    p.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated, of {', '.join(SIZES)}")
+    p.add_argument("--steps", type=int, default=None, help="the first size's steps (instead of --minutes: the "
+                                                           "budget is then independent of the machine's load)")
+    p.add_argument("--sizes", default="192x4,128x4,256x6", help=f"comma-separated, of {', '.join(SIZES)}")
     p.add_argument("--output_dir", default="outputs/sweep")
     p.add_argument("--report", default="BENCHMARKS.md")
     args = p.parse_args(argv)
@@ -77,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = base.replace(**SIZES[name], log_with=None, output_dir=os.path.join(args.output_dir, name))
         step_s = seconds_per_step(cfg, tokenizer, genres)
         flops = training_flops_per_token(cfg, tokenizer, genres)
-        if budget is None:  # FLOPs per window position the first size spends in --minutes
-            budget = int(args.minutes * 60 / step_s) * flops
+        if budget is None:  # FLOPs per window position the first size spends in --steps or --minutes
+            budget = (args.steps or int(args.minutes * 60 / step_s)) * flops
         steps = max(20, int(budget / flops))
         cfg = cfg.replace(max_steps=steps, warmup_steps=max(10, steps // 20), eval_every=steps, save_every=steps)
         params = sum(p.numel() for p in build_model(cfg, tokenizer, genres).parameters())
@@ -91,10 +94,11 @@ def main(argv: list[str] | None = None) -> int:
                      * cfg.data.max_length, f"{minutes:.1f}", ev.get("loss"), ev.get("nll_per_note")])
         print(json.dumps({name: results[name]}), flush=True)
     best = min(results, key=lambda n: results[n].get("nll_per_note", float("inf")))
-    body = (f"Produced by `python scripts/size_sweep.py --config {args.config} --minutes {args.minutes:g}`. "
-            f"{machine_line(machine)}\n\nEach size trained with the training FLOPs the first size spends in about "
-            f"{args.minutes:g} minutes (warmup 5 %, cosine decay; s/step measured, which a busy machine inflates) on "
-            f"the same data ({len(genres) - 1} genres, "
+    budget_arg = f"--steps {args.steps}" if args.steps else f"--minutes {args.minutes:g}"
+    body = (f"Produced by `python scripts/size_sweep.py --config {args.config} {budget_arg}`. "
+            f"{machine_line(machine)}\n\nEach size trained with the training FLOPs the first size spends in "
+            f"{f'{args.steps} steps' if args.steps else f'about {args.minutes:g} minutes'} (warmup 5 %, cosine decay; "
+            f"s/step measured, which a busy machine inflates) on the same data ({len(genres) - 1} genres, "
             f"{summary.pieces if hasattr(summary, 'pieces') else ''} pieces), evaluated on at most "
             f"{base.training.eval_max_batches} validation batches. Token budget: steps x batch x context (an upper "
             f"bound: windows can be shorter).\n\n"
