@@ -471,6 +471,11 @@ def bench_generation(tokenizer: MusicTokenizer, s: Settings, device: torch.devic
                                       "cache": times[f"{arch}_cache"], "no_cache": times[f"{arch}_no_cache"]}}
     results["real_time"] = bench_real_time(models["music"], tokenizer, s, ["torch", *fast], generate_music)
     results["int8_nll"] = bench_nll(models["music"], tokenizer, s, ids, fast, sequence_nll)
+    shipped = shipped_model()
+    if shipped is not None:  # the default model, as the Space and `music-hf generate` run it
+        model, shipped_tokenizer = shipped
+        results["real_time_shipped"] = bench_real_time(model, shipped_tokenizer, s, ["torch", *fast], generate_music)
+        results["int8_nll_shipped"] = bench_nll(model, shipped_tokenizer, s, ids, fast, sequence_nll)
     runs = [("music", "music", "torch"), ("gpt2", "gpt2", "torch")] + ([("onnx", "music", "onnx")] if "onnx" in fast
                                                                          else [])
     load = {"load_start": load_now()}
@@ -478,6 +483,16 @@ def bench_generation(tokenizer: MusicTokenizer, s: Settings, device: torch.devic
                          for name, arch, backend in runs}
     results["memory"].update(load, load_end=load_now())
     return results
+
+
+def shipped_model() -> tuple[nn.Module, MusicTokenizer] | None:
+    """The model that ships in the repository (`music_hf.hub.SHIPPED_MODEL`) in eval mode, None where absent."""
+    from .hub import SHIPPED_MODEL
+    from .modeling_music import MusicForCausalLM
+
+    if not (SHIPPED_MODEL / "config.json").is_file():
+        return None
+    return MusicForCausalLM.from_pretrained(str(SHIPPED_MODEL)).eval(), MusicTokenizer.from_pretrained(str(SHIPPED_MODEL))
 
 
 def bench_real_time(model: nn.Module, tokenizer: MusicTokenizer, s: Settings, backends: list[str],
@@ -611,12 +626,27 @@ def speed_section(report: Report, r: dict[str, Any]) -> None:
     report.table(["backend", "new tokens", "compute s", "music s", "real-time factor"],
                  [[b, rt[b]["new_tokens"], rt[b]["seconds"], rt[b]["music_seconds"], rt[b]["real_time_factor"]]
                   for b in ["torch", *fast] if b in rt])
+    rt = gen.get("real_time_shipped")
+    if rt:
+        report.text(f"The same for the model that ships in the repository (`models/music-hf-base`, the default of the "
+                    f"Space and `music-hf generate`; {_load(rt)}): its own pieces, so the seconds of music are a "
+                    "trained model's.")
+        report.table(["backend", "new tokens", "compute s", "music s", "real-time factor"],
+                     [[b, rt[b]["new_tokens"], rt[b]["seconds"], rt[b]["music_seconds"], rt[b]["real_time_factor"]]
+                      for b in ["torch", *fast] if b in rt])
     nll = gen.get("int8_nll") or {}
     if nll:
         report.text(f"Probabilities of the fast backends: mean NLL per token of {nll['windows']} corpus windows "
                     f"(BOS + {nll['tokens']} tokens) with teacher forcing through each backend's decoding step, on "
                     "the untrained model above (`music_hf.fast_inference.sequence_nll`; tests/test_fast_inference.py "
                     "checks a briefly trained tiny model too).")
+        report.table(["backend", "NLL/token", "change vs torch"],
+                     [["torch", nll["nll"]["torch"], 0.0]]
+                     + [[b, nll["nll"][b], nll["relative_change"][b]] for b in nll["relative_change"]])
+    nll = gen.get("int8_nll_shipped") or {}
+    if nll:
+        report.text("The same windows under the shipped `models/music-hf-base` (a trained model: where int8's change "
+                    "of the probabilities shows):")
         report.table(["backend", "NLL/token", "change vs torch"],
                      [["torch", nll["nll"]["torch"], 0.0]]
                      + [[b, nll["nll"][b], nll["relative_change"][b]] for b in nll["relative_change"]])
