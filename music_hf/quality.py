@@ -81,6 +81,10 @@ class EvaluationArguments:
     _argument_group_name = "evaluation"
 
     model: str | None = HfArg(default=None, help="a trained model folder (a run's output_dir)")
+    compare: list[str] = HfArg(default_factory=list, help="other trained model folders (e.g. a GPT-2 of the same "
+                                                          "size trained by the same config with --architecture "
+                                                          "gpt2) whose test-split metrics are reported beside "
+                                                          "--model's, on the same pieces")
     ablation: bool = HfArg(default=False, help="train and compare GPT-2 and single-embedding-off variants")
     quick: bool = HfArg(default=False, help="smoke settings: tiny config, few steps and generations, 1 thread")
     output: str = HfArg(default="BENCHMARKS.md", help="Markdown report (its section 'Quality' is rewritten)")
@@ -619,6 +623,10 @@ def run(args: EvaluationArguments, cfg: TrainConfig, command: str) -> dict[str, 
                     "seed": run_cfg.seed, "target_parameters": full}
     if args.model:
         models["model"] = {"label": f"`{args.model}`", "dir": str(args.model)}
+    for i, folder in enumerate(args.compare):
+        if not (Path(folder) / "config.json").is_file():
+            raise ValueError(f"--compare {folder}: not a model folder (no config.json)")
+        models[f"compare{i}"] = {"label": f"`{folder}`", "dir": str(folder)}
 
     flat = cfg.flat()
     data_for: dict[str, tuple] = {}  # windows per tokenizer (a given model may bring its own)

@@ -855,6 +855,12 @@ def train(cfg: TrainConfig, stop_after: int | None = None, resume: str | None = 
                 logger.info("pushed to %s", url)
     else:
         logger.info("stopped after step %d of %d (resume with --resume)", state.step, run.max_steps)
+    # what refers to the process group (a sharded model's DTensors and its optimizer's state, the prepared loaders)
+    # is let go and collected while the interpreter is fully alive and every process is still in the group, not
+    # in interpreter finalization after the group is gone (a resumed 2-process FSDP2 run on CPU aborted once at
+    # exit, "terminate called without an active exception", after its final save)
+    model = optimizer = scheduler = train_loader = eval_loader = unwrapped = full_state = None
+    accelerator.free_memory()
     # every process leaves together: one that tears its process group down while the main one still saves can
     # block in gloo's teardown after the main one has exited (seen once, a 2-process CPU run on a loaded machine)
     accelerator.wait_for_everyone()

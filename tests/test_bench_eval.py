@@ -490,13 +490,16 @@ def test_evaluate_quick_ablation_then_a_given_model(tmp_path):
     assert comp["accompaniment"]["given_kept"] == 1.0
     first = seconds
 
-    # a given model folder: evaluated on its own held-out split, the previous report section replaced
-    model_dir = Path(r["models"]["music"]["dir"])
+    # a given model folder: evaluated on its own held-out split, the previous report section replaced; --compare
+    # puts another trained folder (here the GPT-2 of the same size and steps) beside it, on the same pieces
+    model_dir, gpt2_dir = Path(r["models"]["music"]["dir"]), r["models"]["gpt2"]["dir"]
     seconds = run_script("scripts/evaluate.py", "--quick", "--model", str(model_dir), "--output", str(md),
-                         "--output_dir", str(tmp_path / "eval2"))
+                         "--output_dir", str(tmp_path / "eval2"), "--compare", gpt2_dir)
     r2 = json.loads((tmp_path / "eval2" / "evaluation.json").read_text())
-    assert list(r2["models"]) == ["model"] and r2["ablation"] is None
+    assert list(r2["models"]) == ["model", "compare0"] and r2["ablation"] is None
     assert r2["models"]["model"]["test"] == pytest.approx(r["models"]["music"]["test"])  # same split, same model
+    assert r2["models"]["compare0"]["test"] == pytest.approx(r["models"]["gpt2"]["test"])
+    assert len(number_cells(table_rows(section(md.read_text(), "Quality"), f"`{gpt2_dir}`")[0])) == 6
     text = md.read_text()
     assert text.count("## Quality") == 1 and "### Next-token prediction" in text and "left alone" in text
     assert json.loads((model_dir / "evaluation_results.json").read_text())["generation"]["genres"]
