@@ -518,7 +518,9 @@ def infill_piece(model: Any, tokenizer: MusicTokenizer, piece: Any, bars: tuple[
     if budget < least:
         raise MusicFileError(source, f"max_new_tokens={max_new_tokens} is too few for bars {start}-{end}: they need "
                                      f"{least} at least")
-    fixed = len(head) + k + 1  # BOS, controls, placeholders, Infill_Start
+    spm = getattr(getattr(model, "config", None), "infill_order", "psm") == "spm"
+    # BOS, controls, placeholders (spm: one per bar before the suffix, at most all of the prefix's), Infill_Start
+    fixed = len(head) + (end if spm else k) + 1
     if room is not None:  # learned positions: the new tokens first (up to half the room), then context around
         budget = min(budget, max(least, (room - fixed) // 2))
         if fixed + budget > room:
@@ -530,9 +532,12 @@ def infill_piece(model: Any, tokenizer: MusicTokenizer, piece: Any, bars: tuple[
         processor = InterleaveLogitsProcessor(tokenizer, given, programs, budget, infill["end"], positions)
     before, after = _window(pieces_bars[:start], suffix, None if room is None else room - fixed - budget - 2)
     before = _restate_tempo(tokenizer, prefix[: len(prefix) - len(before)], before)
-    middle = [infill["bar"]] * k + after + [infill["start"]]
-    prompt = head + before + middle
-    row = _sample(model, tokenizer, prompt, uncond=[tokenizer.bos_token_id] + before + middle, genre=genre,
+    if spm:  # the model's layout (see data.fim_arrange): the suffix first, the prefix right before the gap
+        context = [infill["bar"]] * (len(_bar_starts(tokenizer, before)) + k) + after + [infill["start"]] + before
+    else:
+        context = before + [infill["bar"]] * k + after + [infill["start"]]
+    prompt = head + context
+    row = _sample(model, tokenizer, prompt, uncond=[tokenizer.bos_token_id] + context, genre=genre,
                   processors=[processor], max_new_tokens=budget, eos_token_id=infill["end"],
                   guidance_scale=guidance_scale, **sampling)[0]
     written = row[len(prompt):]

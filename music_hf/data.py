@@ -23,7 +23,7 @@ import datasets
 import numpy as np
 import torch
 
-from .configuration_music import UNKNOWN_GENRE
+from .configuration_music import INFILL_ORDERS, UNKNOWN_GENRE
 from .corpus import DataSummary, read_midi_folder
 from .tokenization_music import CONTROL_NAMES, MusicFileError, MusicTokenizer
 
@@ -487,9 +487,15 @@ class TokenAugmenter:
 
 # ----- composition: fill-in-the-middle ---------------------------------------------------------------
 def fim_arrange(ids: Sequence[int], tokenizer: MusicTokenizer, rng: np.random.Generator | None = None,
-                bars: tuple[int, int] | None = None) -> list[int]:
+                bars: tuple[int, int] | None = None, order: str = "psm") -> list[int]:
     """A window's fill-in-the-middle arrangement over its bars: [tokens before the first bar] + prefix bars +
     [Infill_Bar] * k + suffix bars + [Infill_Start] + the k middle bars + [Infill_End] (+ a final EOS, kept last).
+
+    `order` "spm": [tokens before the first bar] + [Infill_Bar] * (prefix bars + k) + suffix bars + [Infill_Start]
+    + prefix bars + the k middle bars + [Infill_End] (+ EOS): the missing bars continue the prefix right before
+    them, as in plain continuation, with the suffix further back; the placeholders stand for every bar before
+    the suffix, so the suffix's bars carry their true bar index (`MusicEmbeddings.carried` takes the count back
+    to the run's start at Infill_Start) and so do the prefix's and the middle's.
 
     `bars` (start, end), counted from the window's first bar, end exclusive, sets the middle; else `rng` draws
     it: k uniform in 1..(bars in the window), then its place. Every token is kept; a window without bars comes back unchanged.
@@ -509,7 +515,12 @@ def fim_arrange(ids: Sequence[int], tokenizer: MusicTokenizer, rng: np.random.Ge
     start, end = bars
     if not 0 <= start < end <= n:
         raise ValueError(f"bars {bars} must satisfy 0 <= start < end <= {n} (the window's bars)")
-    a, b, c = bounds[start], bounds[end], bounds[n]
+    h, a, b, c = bounds[0], bounds[start], bounds[end], bounds[n]
+    if order == "spm":
+        return (ids[:h] + [infill["bar"]] * end + ids[b:c] + [infill["start"]] + ids[h:a] + ids[a:b]
+                + [infill["end"]] + ids[c:])
+    if order != "psm":
+        raise ValueError(f"order must be one of {INFILL_ORDERS}, got {order!r}")
     return (ids[:a] + [infill["bar"]] * (end - start) + ids[b:c] + [infill["start"]] + ids[a:b] + [infill["end"]]
             + ids[c:])
 
@@ -522,13 +533,14 @@ class MusicDataCollator:
     resumed run sees exactly the augmentations an unbroken run would. With a `tokenizer`, composition training
     (from a second generator seeded the same way, drawn after augmentation): a control prefix after BOS measured
     on the window (`measure_controls`; each control dropped with probability `control_dropout`, None: no
-    prefix), a fill-in-the-middle arrangement (`fim_arrange`) with probability `fim_rate`, and genre 0 with
-    probability `genre_dropout`.
+    prefix), a fill-in-the-middle arrangement (`fim_arrange`, laid out as `fim_order` says) with probability
+    `fim_rate`, and genre 0 with probability `genre_dropout`.
     """
 
     def __init__(self, pad_token_id: int, augmenter: TokenAugmenter | None = None, seed: int = 0,
                  pad_to_multiple_of: int | None = None, tokenizer: MusicTokenizer | None = None,
-                 fim_rate: float = 0.0, control_dropout: float | None = None, genre_dropout: float = 0.0):
+                 fim_rate: float = 0.0, control_dropout: float | None = None, genre_dropout: float = 0.0,
+                 fim_order: str = "psm"):
         self.pad_token_id = pad_token_id
         self.augmenter = augmenter
         self.seed = seed
@@ -538,6 +550,9 @@ class MusicDataCollator:
                            ("genre_dropout", genre_dropout)):
             if rate is not None and not 0 <= rate <= 1:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {rate}")
+        if fim_order not in INFILL_ORDERS:
+            raise ValueError(f"fim_order must be one of {INFILL_ORDERS}, got {fim_order!r}")
+        self.fim_order = fim_order
         self.composing = bool(fim_rate or genre_dropout) or control_dropout is not None
         if self.composing and tokenizer is None:
             raise ValueError("fim_rate, control_dropout and genre_dropout need the tokenizer (tokenizer=...)")
@@ -556,7 +571,7 @@ class MusicDataCollator:
             kept = [rng.random() >= self.control_dropout for _ in CONTROL_NAMES]
             controls = self.tokenizer.control_ids({n: measured[n] for n, keep in zip(CONTROL_NAMES, kept) if keep})
         if rng.random() < self.fim_rate:
-            ids = fim_arrange(ids, self.tokenizer, rng)
+            ids = fim_arrange(ids, self.tokenizer, rng, order=self.fim_order)
         if rng.random() < self.genre_dropout:
             genre = 0
         at = 1 if ids and ids[0] == self.tokenizer.bos_token_id else 0

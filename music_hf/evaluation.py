@@ -573,7 +573,7 @@ def infill_quality(model: Any, tokenizer: MusicTokenizer, references: Sequence[S
     each with a gap of 1 to `max_gap` bars with bars on both sides (drawn from (seed, sample)):
 
     - `nll_fim` / `nll_left`: NLL per token (nats) of the gap's own tokens given both sides (the fill-in-the-middle
-      prompt the model is trained with: prefix, one Infill_Bar per missing bar, suffix, Infill_Start) and given the
+      prompt in the layout the model is trained with, its config's `infill_order`) and given the
       left side only (plain continuation); `fim_better`: share of the gaps where both sides give the lower NLL;
     - `exact_bars`: share of `infill_piece` calls (sampling) that return the piece with exactly the requested bars
       in the gap and the piece's bar count (a failed call counts as a miss, its error kept in `failures`);
@@ -599,8 +599,9 @@ def infill_quality(model: Any, tokenizer: MusicTokenizer, references: Sequence[S
         end = start + k
         before, upto = cut_bars(tokenizer, window, start), cut_bars(tokenizer, window, end)
         middle = len(upto) - len(before)
-        fim = [tokenizer.bos_token_id] + fim_arrange(window, tokenizer, bars=(start, end))
-        at = fim.index(tokenizer.infill_ids["start"]) + 1
+        fim = [tokenizer.bos_token_id] + fim_arrange(window, tokenizer, bars=(start, end),
+                                                     order=getattr(model.config, "infill_order", "psm"))
+        at = fim.index(tokenizer.infill_ids["end"]) - middle  # the gap's tokens end at Infill_End in either layout
         left = [tokenizer.bos_token_id] + upto
         case = {"reference": r, "bars": bars, "gap": [start, end], "tokens": middle,
                 "nll_fim": _span_nll(model, fim, at, at + middle),
@@ -624,6 +625,7 @@ def infill_quality(model: Any, tokenizer: MusicTokenizer, references: Sequence[S
         cases.append(case)
     n = len(cases)
     return {"n": n, "samples": samples, "skipped": len(references) - len(usable), "max_gap": max_gap,
+            "order": getattr(model.config, "infill_order", "psm"),
             "tokens": tokens,
             "nll_fim": nll["fim"] / tokens if tokens else float("nan"),
             "nll_left": nll["left"] / tokens if tokens else float("nan"),

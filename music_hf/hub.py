@@ -345,6 +345,13 @@ def build_model_card(model_dir: str | os.PathLike, repo_id: str) -> ModelCard:
                       f"{train_cfg['weight_decay']}, mixed precision `{train_cfg['mixed_precision']}`, seed "
                       f"{train_cfg['seed']}. Augmentation: "
                       + (", ".join(f"{k} {v}" for k, v in aug.items()) if aug else "none") + "."]
+            if train_cfg.get("init_from"):
+                lines += ["", f"Continued from the weights in `{train_cfg['init_from']}` (its own training is that "
+                              "model's; the steps above are this run's)."]
+            if train_cfg.get("fim_rate"):
+                lines += ["", f"Composition training: fill-in-the-middle windows at rate {train_cfg['fim_rate']} "
+                              f"in the {train_cfg.get('fim_order', 'psm')} layout, control dropout "
+                              f"{train_cfg.get('control_dropout')}, genre dropout {train_cfg.get('genre_dropout')}."]
         if results.get("train_loss") is not None:
             lines += ["", f"Final training loss: {_fmt(results['train_loss'])}."]
         if train_cfg:

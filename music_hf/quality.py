@@ -408,8 +408,10 @@ def composition_section(report: Report, comp: dict[str, Any] | None) -> None:
                 + (f"; {inf['skipped']} held-out piece{'s' if inf['skipped'] != 1 else ''} left out, fewer than "
                    "three of their bars fit" if inf["skipped"] else "")
                 + "). NLL per token (nats) of the gap's own "
-                f"{inf['tokens']} tokens given both sides (the fill-in-the-middle prompt: prefix, one Infill_Bar per "
-                "missing bar, suffix, Infill_Start) and given the left side only (plain continuation); both sides "
+                f"{inf['tokens']} tokens given both sides (the fill-in-the-middle prompt in the model's layout, "
+                + ("spm: one Infill_Bar per bar before the suffix, suffix, Infill_Start, prefix"
+                   if inf.get("order") == "spm" else "psm: prefix, one Infill_Bar per missing bar, suffix, Infill_Start")
+                + ") and given the left side only (plain continuation); both sides "
                 "lower: share of the gaps where the fill-in-the-middle prompt gives the lower NLL. Exact bars: share "
                 "of sampled infills (`infill_piece`) with exactly the requested bars in the gap and the piece's bar "
                 "count; grammar errors: share of the infilled pieces' tokens the grammar check rejects.")

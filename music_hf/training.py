@@ -76,6 +76,11 @@ class DataArguments:
     augment_probability: float = HfArg(default=1.0, help="chance that a training window is augmented")
     fim_rate: float = HfArg(default=0.0, help="composition: chance that a training window is rearranged for "
                                               "fill-in-the-middle over its bars (infilling)")
+    fim_order: Literal["psm", "spm"] = HfArg(default="psm", help="composition: the fill-in-the-middle layout, "
+                                                               "saved as the model's infill_order: psm (prefix, "
+                                                               "placeholders, suffix, middle) or spm (placeholders, "
+                                                               "suffix, prefix, middle: the middle continues the "
+                                                               "prefix right before it)")
     control_dropout: float | None = HfArg(default=None, help="composition: give training windows a control prefix "
                                                              "(key, density, polyphony, pitch range) measured on "
                                                              "them, each control dropped with this probability "
@@ -366,7 +371,7 @@ def train_collator(cfg: TrainConfig, tokenizer: MusicTokenizer) -> MusicDataColl
     augmenter = TokenAugmenter(tokenizer, aug) if aug.enabled else None
     return MusicDataCollator(tokenizer.pad_token_id, augmenter=augmenter, seed=cfg.training.seed, tokenizer=tokenizer,
                              fim_rate=cfg.data.fim_rate, control_dropout=cfg.data.control_dropout,
-                             genre_dropout=cfg.data.genre_dropout)
+                             genre_dropout=cfg.data.genre_dropout, fim_order=cfg.data.fim_order)
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):
@@ -656,6 +661,8 @@ def train(cfg: TrainConfig, stop_after: int | None = None, resume: str | None = 
         genres_added = len(genres) > init_config(run.init_from).num_genres
     else:
         model = build_model(cfg, tokenizer, genres)
+    if cfg.data.fim_rate and isinstance(model, MusicForCausalLM):  # infilling prompts follow the trained layout
+        model.config.infill_order = cfg.data.fim_order
     if run.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()

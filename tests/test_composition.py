@@ -150,6 +150,38 @@ def test_infill_windows_a_long_piece_into_a_short_context(tok, real_midi_paths):
     assert [a for b, a in enumerate(after) if b != 4] == [a for b, a in enumerate(before) if b != 4]
 
 
+@pytest.mark.parametrize("context", [1024, 256])
+def test_infill_in_the_spm_layout_of_a_model_trained_with_it(tok, excerpts, real_midi_paths, context):
+    """A model whose config says infill_order "spm" is prompted in that layout (placeholders for the bars before
+    the suffix, suffix, Infill_Start, prefix: the gap continues the prefix), the rest of the piece kept note for
+    note, with all programs or some, in a long context or windowed into a short one."""
+    spm = tiny_model(tok, infill_order="spm", max_position_embeddings=context)
+    infill = tok.infill_ids
+    pieces = [(excerpts[1], (2, 4), None), (excerpts[3], (0, 1), None), (real_midi_paths[0], (4, 6), None),
+              (excerpts[0], (1, 3), [0])]
+    for seed, (score, (start, end), programs) in enumerate(pieces):
+        original = tok.encode_score(score)
+        piece = infill_piece(spm, tok, score, (start, end), programs=programs, seed=seed)
+        prompt = piece.prompt
+        at = prompt.index(infill["start"])
+        first = prompt.index(infill["bar"])
+        placeholders = prompt[first:at].index(next(t for t in prompt[first:at] if t != infill["bar"])) \
+            if any(t != infill["bar"] for t in prompt[first:at]) else at - first
+        prefix = prompt[at + 1:]
+        assert prompt[:first] == [tok.bos_token_id]
+        # the prefix is the piece's bars right before the gap (a windowed one restates the tempo in force)
+        no_tempo = set(tok.kind_ids("Tempo").tolist())
+        plain = [t for t in prefix if t not in no_tempo]
+        before_gap = [t for t in piece.ids[:piece.span[0]] if t not in no_tempo]
+        assert plain == before_gap[len(before_gap) - len(plain):] and (start == 0) == (not plain)
+        assert placeholders == len(kinds(tok, prefix, "Bar")) + (end - start)
+        assert len(prompt) + (piece.span[1] - piece.span[0]) < context
+        before, after = bar_notes(tok, original), bar_notes(tok, piece.ids)
+        assert len(after) == len(before) and tok.grammar_errors(piece.ids) == 0
+        assert [a for b, a in enumerate(after) if not start <= b < end] == \
+            [a for b, a in enumerate(before) if not start <= b < end]
+
+
 # ----- accompaniment -----------------------------------------------------------------------------------------
 def test_accompany_keeps_every_given_note(tok, model, excerpts, quartet):
     """Every given note comes back exactly; every new note is in the target program (an instrument or drums)."""

@@ -96,6 +96,34 @@ def test_fim_bars_argument_and_windows_without_bars(tok, windows):
     assert fim_arrange(no_bars, tok, np.random.default_rng(0)) == no_bars
 
 
+def test_spm_layout_puts_the_prefix_right_before_the_middle(tok, windows):
+    """order="spm": head + one placeholder per bar before the suffix + suffix + Infill_Start + prefix + middle +
+    Infill_End (+ EOS); the same draws as psm; an unknown order is refused, by fim_arrange and the collator."""
+    infill = tok.infill_ids
+    for window in windows[:6]:
+        n = bar_count(tok, window)
+        for seed in range(4):
+            psm = fim_arrange(window, tok, np.random.default_rng(seed))
+            spm = fim_arrange(window, tok, np.random.default_rng(seed), order="spm")
+            k = psm.count(infill["bar"])
+            first = spm.index(infill["bar"])
+            start, end = spm.index(infill["start"]), spm.index(infill["end"])
+            placeholders = spm[first:].index(next(t for t in spm[first:] if t != infill["bar"]))
+            suffix, rest, tail = spm[first + placeholders:start], spm[start + 1:end], spm[end + 1:]
+            prefix_and_middle_psm = psm[:psm.index(infill["bar"])] + psm[psm.index(infill["start"]) + 1:-1 - len(tail)]
+            assert spm[:first] + rest == prefix_and_middle_psm  # head, prefix, middle: in their order, adjacent
+            assert bar_count(tok, suffix) + placeholders == n and placeholders >= k
+            assert spm[:first] + rest + suffix + tail == window and len(spm) == len(window) + placeholders + 2
+    with pytest.raises(ValueError, match=r"order must be one of \('psm', 'spm'\), got 'mps'"):
+        fim_arrange(windows[0], tok, bars=(0, 1), order="mps")
+    with pytest.raises(ValueError, match=r"fim_order must be one of \('psm', 'spm'\), got 'x'"):
+        MusicDataCollator(tok.pad_token_id, tokenizer=tok, fim_rate=0.5, fim_order="x")
+    rows, _ = batch_rows(MusicDataCollator(tok.pad_token_id, tokenizer=tok, fim_rate=1.0, fim_order="spm"),
+                         [{"input_ids": w, "idx": i} for i, w in enumerate(windows[:4])])
+    for row in rows:  # the prefix (or, when empty, the middle) opens with its bar right after Infill_Start
+        assert row[row.index(infill["start"]) + 1] == tok.token_id("Bar")
+
+
 # ----- measured controls ----------------------------------------------------------------------------------------
 def reference_key(score) -> str:
     """Krumhansl-Kessler key of a decoded score: duration-weighted pitch classes, best Pearson correlation."""
@@ -251,10 +279,12 @@ def test_training_settings_reach_the_collator(tok):
 
     default = train_collator(parse_train_args([])[0], tok)
     assert not default.composing and default.control_dropout is None
-    cfg, _ = parse_train_args(["--fim_rate", "0.5", "--control_dropout", "0.2", "--genre_dropout", "0.1"])
+    cfg, _ = parse_train_args(["--fim_rate", "0.5", "--control_dropout", "0.2", "--genre_dropout", "0.1",
+                               "--fim_order", "spm"])
     collator = train_collator(cfg, tok)
-    assert collator.composing and (collator.fim_rate, collator.control_dropout, collator.genre_dropout) == \
-        (0.5, 0.2, 0.1)
+    assert collator.composing and (collator.fim_rate, collator.control_dropout, collator.genre_dropout,
+                                   collator.fim_order) == (0.5, 0.2, 0.1, "spm")
+    assert default.fim_order == "psm"
 
 
 # ----- control_ids refusals --------------------------------------------------------------------------------------

@@ -376,6 +376,19 @@ def test_card_without_training_results_has_no_invented_numbers(model_copy: Path)
     assert "## Usage" in card.text and "## Genres" in card.text
 
 
+def test_card_says_what_a_run_continued_from_and_its_composition_training(model_copy: Path) -> None:
+    results = json.loads((model_copy / "training_results.json").read_text())
+    card = build_model_card(model_copy, REPO_ID)
+    assert "Continued from" not in card.text and "Composition training" not in card.text  # a run from scratch
+    results["config"].update(init_from="outputs/stage-one", fim_rate=0.5, fim_order="spm", control_dropout=0.5,
+                             genre_dropout=0.1)
+    (model_copy / "training_results.json").write_text(json.dumps(results))
+    card = build_model_card(model_copy, REPO_ID)
+    assert "Continued from the weights in `outputs/stage-one`" in card.text
+    assert ("fill-in-the-middle windows at rate 0.5 in the spm layout, control dropout 0.5, genre dropout 0.1"
+            in card.text)
+
+
 def test_gpt2_baseline_folder_is_published_with_the_tokenizer_code(tmp_path: Path) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 

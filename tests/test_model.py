@@ -844,6 +844,37 @@ def test_fim_middle_bars_get_the_attributes_of_the_original_order(tokenizer, pie
     assert alone["bar_position"][0, start] == 0  # no position at Infill_Start
 
 
+@pytest.mark.parametrize("name,middle", [("band", (2, 4)), ("band", (0, 1)), ("palestrina", (1, 5))])
+def test_spm_prefix_middle_and_suffix_get_the_attributes_of_the_original_order(tokenizer, piece_ids, name, middle):
+    """The spm layout (placeholders for every bar before the suffix, suffix, Infill_Start, prefix, middle): the same
+    carry rule gives the prefix and the middle bars exactly their attributes in place, alone and through the cache
+    state, and the suffix its bar indices, positions and pitches; only the instrument of the suffix's tokens
+    before its first Program token differs (what comes before it is not yet in the sequence)."""
+    from music_hf.data import fim_arrange
+
+    embeddings = make_lm(tokenizer).model.embeddings
+    original = first_bars(tokenizer, piece_ids[name], 6, skip=0 if name == "band" else 3)
+    fim = fim_arrange(original, tokenizer, bars=middle, order="spm")
+    start, end = fim_parts(tokenizer, fim)
+    bar_starts = [i for i, t in enumerate(original) if tokenizer.token_table.bar_count[t]] + [len(original)]
+    h, b = bar_starts[0], bar_starts[middle[1]]
+    assert fim[:h] == original[:h] and fim[h:h + middle[1]] == [tokenizer.infill_ids["bar"]] * middle[1]
+    assert fim[start + 1:end] == original[h:b] and fim[h + middle[1]:start] == original[b:]
+    expected = embeddings.music_attributes(torch.tensor([original]))
+    alone = embeddings.music_attributes(torch.tensor([fim]))
+    state = torch.stack(embeddings.carried(torch.tensor([fim[:start + 1]])), dim=1)[..., -1]
+    cached = embeddings.music_attributes(torch.tensor([fim[start + 1:]]), state=state)
+    for key, value in expected.items():
+        want = value[0, h:b].tolist()
+        assert alone[key][0, start + 1:end].tolist() == want, key
+        assert cached[key][0, :end - start - 1].tolist() == want, f"cached: {key}"
+        got, kept = alone[key][0, h + middle[1]:start], value[0, b:]
+        if key == "instrument":
+            first_program = next(i for i, t in enumerate(original[b:]) if tokenizer.token_table.program_set[t] >= 0)
+            got, kept = got[first_program:], kept[first_program:]
+        assert got.tolist() == kept.tolist(), f"suffix: {key}"
+
+
 @pytest.mark.parametrize("norm,conv,position", [("layernorm", 3, "learned"), ("batchnorm", 0, "rotary")],
                          ids=["layernorm-conv3-learned", "batchnorm-conv0-rotary"])
 def test_fim_sequences_stay_causal(tokenizer, piece_ids, norm, conv, position):
