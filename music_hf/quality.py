@@ -321,11 +321,11 @@ def music_quality(tokenizer: MusicTokenizer, model_genres: list[str], genres: li
 
 
 # ----- composition with control ----------------------------------------------------------------------------
-COMPOSITION_SETTINGS = ("fim_rate", "control_dropout", "genre_dropout")
+COMPOSITION_SETTINGS = ("fim_rate", "fim_order", "control_dropout", "genre_dropout")
 
 
 def trained_composition(model_dir: Path) -> dict[str, Any] | None:
-    """The composition settings a model was trained with (fim_rate, control_dropout, genre_dropout), read from its
+    """The composition settings a model was trained with (COMPOSITION_SETTINGS), read from its
     training_results.json; None where the folder does not say."""
     done = Path(model_dir) / "training_results.json"
     if not done.is_file():
@@ -374,8 +374,8 @@ def composition_section(report: Report, comp: dict[str, Any] | None) -> None:
     if trained is None:
         how = "Its training settings are unknown (no training_results.json)."
     else:
-        how = (f"Training settings: fim_rate {trained['fim_rate']}, control_dropout {trained['control_dropout']}, "
-               f"genre_dropout {trained['genre_dropout']}.")
+        how = (f"Training settings: fim_rate {trained['fim_rate']} ({trained.get('fim_order', 'psm')} layout), "
+               f"control_dropout {trained['control_dropout']}, genre_dropout {trained['genre_dropout']}.")
         unseen = [what for what, missing in (
             ("without control prefixes (control_dropout none): it never saw a control token, so the control rows "
              "are a baseline", trained["control_dropout"] is None),
