@@ -62,6 +62,7 @@ class Settings:
     pieces_per_collection: int = 50
     token_reps: int = 7
     map_reps: int = 5
+    map_scale_repeat: int = 10  # datasets.map scaling (num_proc 1 vs 2) on the files this many times over
     hidden_size: int = 128  # the shape of scripts/configs/small.yaml (without its conv, which GPT-2 lacks)
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
@@ -89,6 +90,7 @@ class Settings:
 
     def quick(self) -> Settings:
         return replace(self, collections=("bach", "essenFolksong"), pieces_per_collection=8, token_reps=2, map_reps=1,
+                       map_scale_repeat=2,
                        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, context=64,
                        batch_size=4, train_warmup=1, train_reps=2, steps_per_rep=1, gen_tokens=16, gen_reps=1,
                        gen_hidden_size=32, gen_intermediate_size=64, cache_tokens=48, cache_reps=1, rtf_tokens=16,
@@ -146,12 +148,21 @@ def bench_tokenization(tokenizer: MusicTokenizer, files: list[str], s: Settings)
                           "music_hf": lambda: [tokenizer(p)["input_ids"] for p in files]}, s.token_reps, cpu)
     ds = datasets.Dataset.from_dict({"path": files})
 
-    def mapped(fn: Callable) -> Callable[[], Any]:
-        return lambda: ds.map(fn, batched=True, batch_size=8, num_proc=2, fn_kwargs={"tokenizer": tokenizer},
-                              remove_columns=["path"], keep_in_memory=True, load_from_cache_file=False)
+    def mapped(fn: Callable, num_proc: int = 2, data: datasets.Dataset = ds) -> Callable[[], Any]:
+        return lambda: data.map(fn, batched=True, batch_size=8, num_proc=num_proc, fn_kwargs={"tokenizer": tokenizer},
+                                remove_columns=["path"], keep_in_memory=True, load_from_cache_file=False)
     datasets.disable_progress_bars()
     multi = interleaved({"miditok": mapped(miditok_batch), "music_hf": mapped(ours_batch)}, s.map_reps, cpu)
+    # scaling: the same map with 1 and with 2 processes on a corpus-sized job (the files, repeated), where the
+    # processes' start-up is a small part as it is in data preparation (thousands of files), not most of it
+    many = datasets.Dataset.from_dict({"path": files * s.map_scale_repeat})
+    scaling = interleaved({"1": mapped(ours_batch, 1, many), "2": mapped(ours_batch, 2, many)}, s.map_reps, cpu)
     results: dict[str, Any] = {"files": len(files), "tokens": counts}
+    t = {name: median(v) for name, v in scaling.items()}
+    results["map_scaling"] = {"files": len(many), "repeat": s.map_scale_repeat,
+                              **{f"num_proc_{n}": {"seconds": t[n], "files_per_s": len(many) / t[n],
+                                                   "all_seconds": scaling[n]} for n in t},
+                              "speedup": t["1"] / t["2"]}
     for mode, times in (("single_process", single), ("datasets_map_2_proc", multi)):
         t = {name: median(v) for name, v in times.items()}
         results[mode] = {
@@ -557,6 +568,15 @@ def speed_section(report: Report, r: dict[str, Any]) -> None:
             rows.append(["MusicTokenizer" if name == "music_hf" else "miditok directly", label, m["files_per_s"],
                          m["tokens_per_s"], tok[mode]["overhead_ratio"] if name == "music_hf" else 1.0])
     report.table(["tokenizer", "how", "files/s", "tokens/s", "time vs miditok"], rows)
+    sc = tok.get("map_scaling")
+    if sc:
+        report.text(f"`datasets.map` scaling: MusicTokenizer through `datasets.map(batched=True)` with 1 and with 2 "
+                    f"processes on a corpus-sized job, the {tok['files']} files {sc['repeat']} times over "
+                    f"({sc['files']} files; start-up included, as above; median of {s['map_reps']}, interleaved). "
+                    "Issue #13's target: 2 processes >= 1.7 x one.")
+        report.table(["datasets.map", "files", "seconds", "files/s", "speedup vs 1 process"],
+                     [[f"num_proc={n}", sc["files"], sc[f"num_proc_{n}"]["seconds"],
+                       sc[f"num_proc_{n}"]["files_per_s"], 1.0 if n == 1 else sc["speedup"]] for n in (1, 2)])
 
     report.heading(f"Training (width {s['hidden_size']}, {s['num_hidden_layers']} layers, "
                    f"{s['num_attention_heads']} heads, MLP {s['intermediate_size']}, context {s['context']}, "

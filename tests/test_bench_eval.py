@@ -391,6 +391,11 @@ def test_bench_quick_reports_every_figure_with_ratios_from_the_measurements(tmp_
             assert m["tokens_per_s"] == pytest.approx(tok["tokens"][name] / m["seconds"])
     single = table_rows(text, "MusicTokenizer")[0]
     assert single[1] == "1 process" and single[-1] == fmt(tok["single_process"]["overhead_ratio"])
+    sc = tok["map_scaling"]
+    assert sc["files"] == tok["files"] * sc["repeat"] and sc["repeat"] >= 2
+    assert sc["speedup"] == pytest.approx(sc["num_proc_1"]["seconds"] / sc["num_proc_2"]["seconds"])
+    assert sc["num_proc_2"]["files_per_s"] == pytest.approx(sc["files"] / sc["num_proc_2"]["seconds"])
+    assert "`datasets.map` scaling" in text and table_rows(text, "num_proc=2")[0][-1] == fmt(sc["speedup"])
 
     tr = r["training"]
     assert tr["throughput_ratio"] == pytest.approx(tr["music"]["tokens_per_s"] / tr["gpt2"]["tokens_per_s"])
