@@ -12,6 +12,10 @@ from transformers import PreTrainedConfig
 
 NORM_TYPES = ("layernorm", "rmsnorm", "batchnorm")
 POSITION_TYPES = ("learned", "rotary")
+# how fill-in-the-middle sequences are laid out (data.fim_arrange): "psm" prefix, one Infill_Bar per missing bar,
+# suffix, Infill_Start, the missing bars; "spm" one Infill_Bar per bar before the suffix, suffix, Infill_Start,
+# prefix, the missing bars (the prefix's end next to the bars that continue it)
+INFILL_ORDERS = ("psm", "spm")
 UNKNOWN_GENRE = "unknown"
 ATTRIBUTE_TABLES = ("kind", "pitch", "program_set", "position_set", "bar_count", "note_count", "infill")
 # what an id without music attributes (a special or added token) holds in each table (configs saved without a
@@ -61,6 +65,7 @@ class MusicConfig(PreTrainedConfig):
     max_bars: int = 512
     num_positions_in_bar: int = 96
     id2genre: dict[int, str] | dict[str, str] | None = None
+    infill_order: str = "psm"  # the fill-in-the-middle layout the model was trained with (INFILL_ORDERS)
     # per-id attribute tables, computed by the tokenizer (length vocab_size each)
     token_kind: list[int] | None = None
     token_pitch: list[int] | None = None
@@ -92,6 +97,8 @@ class MusicConfig(PreTrainedConfig):
         if self.position_embedding_type not in POSITION_TYPES:
             raise ValueError(f"position_embedding_type must be one of {POSITION_TYPES}, got "
                              f"{self.position_embedding_type!r}")
+        if self.infill_order not in INFILL_ORDERS:
+            raise ValueError(f"infill_order must be one of {INFILL_ORDERS}, got {self.infill_order!r}")
         if self.conv_kernel_size < 0:
             raise ValueError(f"conv_kernel_size must be >= 0 (0 turns the conv off), got {self.conv_kernel_size}")
         for name in ATTRIBUTE_TABLES:
