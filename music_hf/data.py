@@ -487,7 +487,7 @@ class TokenAugmenter:
 
 # ----- composition: fill-in-the-middle ---------------------------------------------------------------
 def fim_arrange(ids: Sequence[int], tokenizer: MusicTokenizer, rng: np.random.Generator | None = None,
-                bars: tuple[int, int] | None = None, order: str = "psm") -> list[int]:
+                bars: tuple[int, int] | None = None, order: str = "psm", max_bars: int | None = None) -> list[int]:
     """A window's fill-in-the-middle arrangement over its bars: [tokens before the first bar] + prefix bars +
     [Infill_Bar] * k + suffix bars + [Infill_Start] + the k middle bars + [Infill_End] (+ a final EOS, kept last).
 
@@ -498,7 +498,8 @@ def fim_arrange(ids: Sequence[int], tokenizer: MusicTokenizer, rng: np.random.Ge
     to the run's start at Infill_Start) and so do the prefix's and the middle's.
 
     `bars` (start, end), counted from the window's first bar, end exclusive, sets the middle; else `rng` draws
-    it: k uniform in 1..(bars in the window), then its place. Every token is kept; a window without bars comes back unchanged.
+    it: k uniform in 1..(bars in the window, or `max_bars` when fewer), then its place uniform. Every token is kept;
+    a window without bars comes back unchanged.
     """
     ids = list(ids)
     infill = tokenizer.infill_ids
@@ -509,7 +510,7 @@ def fim_arrange(ids: Sequence[int], tokenizer: MusicTokenizer, rng: np.random.Ge
     if n == 0:
         return ids
     if bars is None:
-        k = int(rng.integers(1, n + 1))
+        k = int(rng.integers(1, min(n, max_bars or n) + 1))
         start = int(rng.integers(0, n - k + 1))
         bars = (start, start + k)
     start, end = bars
@@ -534,13 +535,13 @@ class MusicDataCollator:
     (from a second generator seeded the same way, drawn after augmentation): a control prefix after BOS measured
     on the window (`measure_controls`; each control dropped with probability `control_dropout`, None: no
     prefix), a fill-in-the-middle arrangement (`fim_arrange`, laid out as `fim_order` says) with probability
-    `fim_rate`, and genre 0 with probability `genre_dropout`.
+    `fim_rate` (leaving out at most `fim_max_bars` bars), and genre 0 with probability `genre_dropout`.
     """
 
     def __init__(self, pad_token_id: int, augmenter: TokenAugmenter | None = None, seed: int = 0,
                  pad_to_multiple_of: int | None = None, tokenizer: MusicTokenizer | None = None,
                  fim_rate: float = 0.0, control_dropout: float | None = None, genre_dropout: float = 0.0,
-                 fim_order: str = "psm"):
+                 fim_order: str = "psm", fim_max_bars: int | None = None):
         self.pad_token_id = pad_token_id
         self.augmenter = augmenter
         self.seed = seed
@@ -553,6 +554,10 @@ class MusicDataCollator:
         if fim_order not in INFILL_ORDERS:
             raise ValueError(f"fim_order must be one of {INFILL_ORDERS}, got {fim_order!r}")
         self.fim_order = fim_order
+        if fim_max_bars is not None and (isinstance(fim_max_bars, bool) or not isinstance(fim_max_bars, int)
+                                         or fim_max_bars < 1):
+            raise ValueError(f"fim_max_bars must be a whole number of bars >= 1 (or None), got {fim_max_bars!r}")
+        self.fim_max_bars = fim_max_bars
         self.composing = bool(fim_rate or genre_dropout) or control_dropout is not None
         if self.composing and tokenizer is None:
             raise ValueError("fim_rate, control_dropout and genre_dropout need the tokenizer (tokenizer=...)")
@@ -571,7 +576,7 @@ class MusicDataCollator:
             kept = [rng.random() >= self.control_dropout for _ in CONTROL_NAMES]
             controls = self.tokenizer.control_ids({n: measured[n] for n, keep in zip(CONTROL_NAMES, kept) if keep})
         if rng.random() < self.fim_rate:
-            ids = fim_arrange(ids, self.tokenizer, rng, order=self.fim_order)
+            ids = fim_arrange(ids, self.tokenizer, rng, order=self.fim_order, max_bars=self.fim_max_bars)
         if rng.random() < self.genre_dropout:
             genre = 0
         at = 1 if ids and ids[0] == self.tokenizer.bos_token_id else 0

@@ -350,7 +350,9 @@ def build_model_card(model_dir: str | os.PathLike, repo_id: str) -> ModelCard:
                               "model's; the steps above are this run's)."]
             if train_cfg.get("fim_rate"):
                 lines += ["", f"Composition training: fill-in-the-middle windows at rate {train_cfg['fim_rate']} "
-                              f"in the {train_cfg.get('fim_order', 'psm')} layout, control dropout "
+                              f"in the {train_cfg.get('fim_order', 'psm')} layout"
+                              + (f" (at most {train_cfg['fim_max_bars']} bars left out)"
+                                 if train_cfg.get("fim_max_bars") else "") + ", control dropout "
                               f"{train_cfg.get('control_dropout')}, genre dropout {train_cfg.get('genre_dropout')}."]
         if results.get("train_loss") is not None:
             lines += ["", f"Final training loss: {_fmt(results['train_loss'])}."]

@@ -321,7 +321,7 @@ def music_quality(tokenizer: MusicTokenizer, model_genres: list[str], genres: li
 
 
 # ----- composition with control ----------------------------------------------------------------------------
-COMPOSITION_SETTINGS = ("fim_rate", "fim_order", "control_dropout", "genre_dropout")
+COMPOSITION_SETTINGS = ("fim_rate", "fim_order", "fim_max_bars", "control_dropout", "genre_dropout")
 
 
 def trained_composition(model_dir: Path) -> dict[str, Any] | None:
@@ -374,7 +374,8 @@ def composition_section(report: Report, comp: dict[str, Any] | None) -> None:
     if trained is None:
         how = "Its training settings are unknown (no training_results.json)."
     else:
-        how = (f"Training settings: fim_rate {trained['fim_rate']} ({trained.get('fim_order', 'psm')} layout), "
+        how = (f"Training settings: fim_rate {trained['fim_rate']} ({trained.get('fim_order', 'psm')} layout"
+               + (f", at most {trained['fim_max_bars']} bars left out" if trained.get("fim_max_bars") else "") + "), "
                f"control_dropout {trained['control_dropout']}, genre_dropout {trained['genre_dropout']}.")
         unseen = [what for what, missing in (
             ("without control prefixes (control_dropout none): it never saw a control token, so the control rows "

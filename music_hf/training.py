@@ -81,6 +81,10 @@ class DataArguments:
                                                                "placeholders, suffix, middle) or spm (placeholders, "
                                                                "suffix, prefix, middle: the middle continues the "
                                                                "prefix right before it)")
+    fim_max_bars: int | None = HfArg(default=None, help="composition: the most bars a fill-in-the-middle window "
+                                                        "leaves out (drawn uniformly from 1 to this, or to the "
+                                                        "window's bars when fewer); none: up to every bar of the "
+                                                        "window")
     control_dropout: float | None = HfArg(default=None, help="composition: give training windows a control prefix "
                                                              "(key, density, polyphony, pitch range) measured on "
                                                              "them, each control dropped with this probability "
@@ -371,7 +375,8 @@ def train_collator(cfg: TrainConfig, tokenizer: MusicTokenizer) -> MusicDataColl
     augmenter = TokenAugmenter(tokenizer, aug) if aug.enabled else None
     return MusicDataCollator(tokenizer.pad_token_id, augmenter=augmenter, seed=cfg.training.seed, tokenizer=tokenizer,
                              fim_rate=cfg.data.fim_rate, control_dropout=cfg.data.control_dropout,
-                             genre_dropout=cfg.data.genre_dropout, fim_order=cfg.data.fim_order)
+                             genre_dropout=cfg.data.genre_dropout, fim_order=cfg.data.fim_order,
+                             fim_max_bars=cfg.data.fim_max_bars)
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):

@@ -485,8 +485,8 @@ def test_evaluate_quick_ablation_then_a_given_model(tmp_path):
     # composition with control, measured on the held-out pieces; the tiny run never saw a control, and says so
     comp = r["composition"]
     assert "### Composition with control" in quality and "without control prefixes" in quality
-    assert comp["trained_with"] == {"fim_rate": 0.0, "fim_order": "psm", "control_dropout": None,
-                                    "genre_dropout": 0.0}
+    assert comp["trained_with"] == {"fim_rate": 0.0, "fim_order": "psm", "fim_max_bars": None,
+                                    "control_dropout": None, "genre_dropout": 0.0}
     for name in CONTROL_NAMES:
         e = comp["controls"]["controls"][name]
         assert e["n"] == 2 and 0 < e["chance"] <= 1 and set(e["adherence"]) == {"unguided", "guided"}

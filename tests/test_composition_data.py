@@ -124,6 +124,33 @@ def test_spm_layout_puts_the_prefix_right_before_the_middle(tok, windows):
         assert row[row.index(infill["start"]) + 1] == tok.token_id("Bar")
 
 
+def test_fim_max_bars_caps_the_bars_left_out(tok, windows):
+    """fim_max_bars: every length from 1 to the cap is drawn, never more, in both layouts and through the collator;
+    without it the lengths go up to the window's bars; a cap that is not a whole number >= 1 is refused."""
+    infill = tok.infill_ids
+    long = [w for w in windows if bar_count(tok, w) >= 8][:4]
+    assert long, "the real pieces give windows of 8 bars or more"
+    capped, free = Counter(), Counter()
+    for window in long:
+        for seed in range(60):
+            for cap, seen in ((3, capped), (None, free)):
+                psm = fim_arrange(window, tok, np.random.default_rng(seed), max_bars=cap)
+                k, start = psm.count(infill["bar"]), bar_count(tok, psm[:psm.index(infill["bar"])])
+                seen[k] += 1
+                spm = fim_arrange(window, tok, np.random.default_rng(seed), order="spm", max_bars=cap)
+                assert spm == fim_arrange(window, tok, bars=(start, start + k), order="spm")  # the same draws
+    assert set(capped) == {1, 2, 3}, capped
+    assert max(free) > 3, free
+    collator = MusicDataCollator(tok.pad_token_id, tokenizer=tok, fim_rate=1.0, fim_max_bars=1)
+    rows, _ = batch_rows(collator, [{"input_ids": w, "idx": i} for i, w in enumerate(long)])
+    for row in rows:
+        assert row.count(infill["bar"]) == 1 and bar_count(tok, row[row.index(infill["start"]):]) == 1
+    for bad in (0, 2.5, True, "3"):
+        with pytest.raises(ValueError, match=rf"fim_max_bars must be a whole number of bars >= 1 \(or None\), "
+                                             rf"got {re.escape(repr(bad))}"):
+            MusicDataCollator(tok.pad_token_id, tokenizer=tok, fim_rate=0.5, fim_max_bars=bad)
+
+
 # ----- measured controls ----------------------------------------------------------------------------------------
 def reference_key(score) -> str:
     """Krumhansl-Kessler key of a decoded score: duration-weighted pitch classes, best Pearson correlation."""
@@ -280,11 +307,11 @@ def test_training_settings_reach_the_collator(tok):
     default = train_collator(parse_train_args([])[0], tok)
     assert not default.composing and default.control_dropout is None
     cfg, _ = parse_train_args(["--fim_rate", "0.5", "--control_dropout", "0.2", "--genre_dropout", "0.1",
-                               "--fim_order", "spm"])
+                               "--fim_order", "spm", "--fim_max_bars", "4"])
     collator = train_collator(cfg, tok)
     assert collator.composing and (collator.fim_rate, collator.control_dropout, collator.genre_dropout,
-                                   collator.fim_order) == (0.5, 0.2, 0.1, "spm")
-    assert default.fim_order == "psm"
+                                   collator.fim_order, collator.fim_max_bars) == (0.5, 0.2, 0.1, "spm", 4)
+    assert default.fim_order == "psm" and default.fim_max_bars is None
 
 
 # ----- control_ids refusals --------------------------------------------------------------------------------------

@@ -387,6 +387,10 @@ def test_card_says_what_a_run_continued_from_and_its_composition_training(model_
     assert "Continued from the weights in `outputs/stage-one`" in card.text
     assert ("fill-in-the-middle windows at rate 0.5 in the spm layout, control dropout 0.5, genre dropout 0.1"
             in card.text)
+    results["config"].update(fim_max_bars=8)
+    (model_copy / "training_results.json").write_text(json.dumps(results))
+    assert ("fill-in-the-middle windows at rate 0.5 in the spm layout (at most 8 bars left out), control dropout 0.5"
+            in build_model_card(model_copy, REPO_ID).text)
 
 
 def test_gpt2_baseline_folder_is_published_with_the_tokenizer_code(tmp_path: Path) -> None:
