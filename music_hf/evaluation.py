@@ -23,7 +23,7 @@ import torch
 
 from .composition import accompany_piece, infill_piece
 from .configuration_music import MusicConfig
-from .data import MusicDataCollator, fim_arrange
+from .data import MusicDataCollator, TokenAugmenter, fim_arrange
 from .generation import _context_room, cut_bars, generate_music
 from .modeling_music import MusicForSequenceClassification
 from .tokenization_music import (CONTROL_NAMES, DENSITY_EDGES, DRUM_PROGRAM, KEY_MODES, KEY_TONICS, MAX_POLYPHONY,
@@ -371,12 +371,18 @@ def generate_per_genre(model: Any, tokenizer: MusicTokenizer, genres: Sequence[s
 def train_genre_classifier(windows: Any, tokenizer: MusicTokenizer, genres: Sequence[str], steps: int = 300,
                            batch_size: int = 16, learning_rate: float = 1e-3, seed: int = 0,
                            device: str | torch.device = "cpu", hidden_size: int = 64, num_hidden_layers: int = 2,
-                           num_attention_heads: int = 2, max_length: int = 256) -> MusicForSequenceClassification:
+                           num_attention_heads: int = 2, max_length: int = 256,
+                           augmenter: TokenAugmenter | None = None) -> MusicForSequenceClassification:
     """A small `MusicForSequenceClassification` that tells the genres apart from token windows.
 
     `windows` has `input_ids` and `genre_id` (0 = unknown, left out); `genres[0]` is "unknown", so label k is
     genre id k + 1. Batches draw genres uniformly, so a genre with many windows does not swamp the others.
     No genre embedding: the label must come from the music.
+
+    `augmenter`: the generator's training augmentation (`TrainConfig.data.augmentation()`), applied to each drawn
+    window (seeded by the draw). A generator trained on augmented windows reproduces what augmentation changes
+    (performed velocities, other instruments, onset jitter); a classifier that saw only the corpus's score velocities
+    and instruments would read those as "not this genre" and judge the surface instead of the music.
     """
     genre_ids = np.asarray(windows["genre_id"])
     by_genre = [np.flatnonzero(genre_ids == g) for g in range(1, len(genres))]
@@ -394,13 +400,14 @@ def train_genre_classifier(windows: Any, tokenizer: MusicTokenizer, genres: Sequ
     model = MusicForSequenceClassification(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     scheduler = lr_scheduler(optimizer, max(1, steps // 10), steps)
-    collator = MusicDataCollator(tokenizer.pad_token_id)
+    collator = MusicDataCollator(tokenizer.pad_token_id, augmenter=augmenter, seed=seed)
     rng = np.random.default_rng(seed)
     model.train()
-    for _ in range(steps):
+    for step in range(steps):
         labels = rng.choice(present, size=batch_size)
         rows = [int(rng.choice(by_genre[label])) for label in labels]
-        batch = collator([{"input_ids": windows[r]["input_ids"][:max_length]} for r in rows])
+        batch = collator([{"input_ids": windows[r]["input_ids"][:max_length], "idx": step * batch_size + j}
+                          for j, r in enumerate(rows)])
         loss = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                      labels=torch.as_tensor(labels, device=device)).loss
         loss.backward()

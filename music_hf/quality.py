@@ -37,7 +37,7 @@ from transformers import AutoModelForCausalLM
 from transformers.hf_argparser import HfArg
 
 from .configuration_music import MusicConfig
-from .data import MusicDataCollator
+from .data import AugmentationConfig, MusicDataCollator, TokenAugmenter
 from .evaluation import (ACCOMPANIMENT_PROGRAMS, COPY_THRESHOLD, GUIDANCE_SCALE, MUSIC_METRICS, BarIndex,
                          _music_body, accompaniment_quality, bar_notes, classification_scores, classify_genres,
                          composition_unsupported, control_adherence, generate_per_genre, grammar_error_rate,
@@ -207,8 +207,13 @@ def compare_on_test_split(cfg: TrainConfig, model_dirs: list[str | Path], batch_
 
 # ----- generation quality ----------------------------------------------------------------------------------
 def generation_quality(model: Any, tokenizer: MusicTokenizer, genres: list[str], pieces: Any, windows: Any,
-                       settings: dict[str, Any], max_length: int, device: str) -> dict[str, Any]:
-    """Generate per genre with and without grammar-constrained decoding, and compare with the test split."""
+                       settings: dict[str, Any], max_length: int, device: str,
+                       augmentation: AugmentationConfig | None = None) -> dict[str, Any]:
+    """Generate per genre with and without grammar-constrained decoding, and compare with the test split.
+
+    The genre classifier trains on windows augmented as the model's training was (`augmentation`, None: plain
+    windows), so that what augmentation taught the generator (performed velocities, reassigned instruments) is no
+    genre cue."""
     model_genres = [g for i, g in sorted(model.config.id2genre.items()) if i != 0 and g in genres]
     seed, sampling = settings["seed"], settings["sampling"]
     t0 = time.perf_counter()
@@ -219,8 +224,9 @@ def generation_quality(model: Any, tokenizer: MusicTokenizer, genres: list[str],
     generation_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    augmenter = TokenAugmenter(tokenizer, augmentation) if augmentation is not None else None
     classifier = train_genre_classifier(windows["train"], tokenizer, genres, steps=settings["classifier_steps"],
-                                        seed=seed, device=device, max_length=max_length)
+                                        seed=seed, device=device, max_length=max_length, augmenter=augmenter)
     classifier_seconds = time.perf_counter() - t0
     test_windows = windows["test"].filter(lambda g: g > 0, input_columns="genre_id")
     real = classification_scores(classify_genres(classifier, test_windows["input_ids"], tokenizer.pad_token_id),
@@ -263,7 +269,8 @@ def generation_quality(model: Any, tokenizer: MusicTokenizer, genres: list[str],
         "genres": model_genres, "genre_ids": {g: genres.index(g) for g in model_genres},
         "per_genre": per_genre, **structure,
         "grammar_error_rate": {m: grammar_error_rate(all_gen[m], tokenizer) for m in all_gen},
-        "classifier": {"test_windows": real, "generated": recognised, "steps": settings["classifier_steps"]},
+        "classifier": {"test_windows": real, "generated": recognised, "steps": settings["classifier_steps"],
+                       "augmentation": dataclasses.asdict(augmentation) if augmentation is not None else None},
         "settings": {"per_genre": settings["per_genre"], "max_new_tokens": settings["max_new_tokens"], **sampling,
                      "seed": seed},
         "seconds": {"generation": generation_seconds, "classifier": classifier_seconds,
@@ -322,6 +329,18 @@ def music_quality(tokenizer: MusicTokenizer, model_genres: list[str], genres: li
 
 # ----- composition with control ----------------------------------------------------------------------------
 COMPOSITION_SETTINGS = ("fim_rate", "fim_order", "fim_max_bars", "control_dropout", "genre_dropout")
+
+
+def trained_augmentation(model_dir: Path) -> AugmentationConfig | None:
+    """The augmentation a model was trained with, read from its training_results.json; None where the folder does
+    not say or it trained without augmentation."""
+    done = Path(model_dir) / "training_results.json"
+    if not done.is_file():
+        return None
+    config = json.loads(done.read_text()).get("config") or {}
+    known = TrainConfig().flat()
+    aug = TrainConfig.from_dict({k: v for k, v in config.items() if k in known}).data.augmentation()
+    return aug if aug.enabled else None
 
 
 def trained_composition(model_dir: Path) -> dict[str, Any] | None:
@@ -553,7 +572,12 @@ def quality_section(report: Report, results: dict[str, Any]) -> None:
         report.heading("Genre control")
         report.text(f"Classifier: `MusicForSequenceClassification`, 2 layers of width 64, no genre embedding, "
                     f"{c['steps']} steps on training windows in genre-balanced batches, reading the first "
-                    f"{s['max_length']} tokens of a piece. Balanced accuracy: mean recall per genre.")
+                    f"{s['max_length']} tokens of a piece. Balanced accuracy: mean recall per genre. "
+                    + ("Its training windows are augmented as the model's were ("
+                       + ", ".join(f"{k} {v}" for k, v in c["augmentation"].items()) + "): what augmentation "
+                       "taught the generator (performed velocities, other instruments) is no genre cue, and the "
+                       "real test windows it is scored on are not augmented." if c.get("augmentation") else
+                       "Its training windows are not augmented (the model trained without augmentation)."))
         report.table(["pieces classified", "n", "accuracy", "balanced accuracy", "chance (1/genres)",
                       "majority-class rate", "balanced accuracy / chance"],
                      [[label, r["n"], r["accuracy"], r["balanced_accuracy"], r["uniform_chance"], r["majority_rate"],
@@ -666,7 +690,8 @@ def run(args: EvaluationArguments, cfg: TrainConfig, command: str) -> dict[str, 
                     "sampling": {k: getattr(model.generation_config, k, None) if v is None else v
                                  for k, v in dataclasses.asdict(cfg.sampling).items()}}
                 generation = generation_quality(model, tok, genres_m, pieces_m, windows_m, settings,
-                                                cfg.data.max_length, args.device)
+                                                cfg.data.max_length, args.device,
+                                                trained_augmentation(Path(entry["dir"])))
                 generation["model"] = entry["label"]
                 per_model["generation"] = generation
                 if not args.no_composition:

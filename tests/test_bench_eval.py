@@ -6,6 +6,7 @@ and real pieces: computed, consistent with their definitions, and within their b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -146,6 +147,37 @@ def test_genre_classifier_learns_to_tell_two_real_pieces_apart(tokenizer, real_m
     assert predicted == [1] * 4 + [2] * 4
     with pytest.raises(ValueError, match="at least two genres"):
         train_genre_classifier(windows.select(range(4)), tokenizer, genres, steps=1)
+
+
+def test_genre_classifier_trains_on_windows_augmented_as_the_generator_was(tokenizer, real_midi_paths, tmp_path):
+    """With an augmenter, every drawn window goes through it, each with its own seeded generator (the draws of
+    one run are reproducible, and differ from each other); `trained_augmentation` reads a model folder's."""
+    from music_hf.data import AugmentationConfig, TokenAugmenter
+    from music_hf.quality import trained_augmentation
+
+    seen = []
+
+    class Spy(TokenAugmenter):
+        def __call__(self, ids, rng):
+            out = super().__call__(ids, rng)
+            seen.append((list(ids), out, rng.bit_generator.state["state"]["state"]))
+            return out
+
+    chorale = tokenizer.encode_score(real_midi_paths[0])
+    reel = tokenizer.encode_score(real_midi_paths[5])
+    windows = datasets.Dataset.from_dict({"input_ids": [chorale[:64], chorale[64:128], reel[:64], reel[64:128]],
+                                          "genre_id": [1, 1, 2, 2]})
+    aug = AugmentationConfig(pitch_shift=5, velocity_dynamics=1.0, program_reassign=1.0)
+    train_genre_classifier(windows, tokenizer, ["unknown", "chorale", "fiddle tune"], steps=3, batch_size=4,
+                           hidden_size=16, num_hidden_layers=1, max_length=64, augmenter=Spy(tokenizer, aug))
+    assert len(seen) == 12 and all(ids in windows["input_ids"] for ids, _, _ in seen)
+    assert sum(out != ids for ids, out, _ in seen) >= 11  # augmented (a draw may shift by 0 and keep a program)
+    assert len({state for _, _, state in seen}) == 12  # a generator per draw
+    results = {"config": {"pitch_shift": 5, "velocity_dynamics": 1.0, "program_reassign": 1.0, "no_such_key": 1}}
+    (tmp_path / "training_results.json").write_text(json.dumps(results))
+    assert trained_augmentation(tmp_path) == aug
+    (tmp_path / "training_results.json").write_text(json.dumps({"config": {"pitch_shift": 0}}))
+    assert trained_augmentation(tmp_path) is None and trained_augmentation(tmp_path / "absent") is None
 
 
 def test_classification_scores_against_chance():
@@ -478,6 +510,10 @@ def test_evaluate_quick_ablation_then_a_given_model(tmp_path):
         assert g["generated"] == 2 and g["test_pieces"] > 0
         assert 0 <= g["pitch_class_js"] <= 1 and 0 <= g["pitch_class_js_train_vs_test"] <= 1
         assert len(number_cells(table_rows(quality, genre)[0])) == 10
+    from music_hf.quality import trained_augmentation
+    trained = trained_augmentation(Path(r["models"]["music"]["dir"]))  # the classifier saw what the model saw
+    assert gen["classifier"]["augmentation"] == (dataclasses.asdict(trained) if trained else None)
+    assert ("augmented as the model's were" if trained else "are not augmented") in quality
     real = gen["classifier"]["test_windows"]
     assert real["n"] > 0 and 0 <= real["accuracy"] <= 1 and real["uniform_chance"] == pytest.approx(0.5)
     real_row = table_rows(quality, "real test windows")[0]
