@@ -460,6 +460,21 @@ def bench_generation(tokenizer: MusicTokenizer, s: Settings, device: torch.devic
         side[f"{b}_constrained"]["same_tokens_as_eager"] = bool(torch.equal(outputs[f"{b}_constrained_1"],
                                                                             outputs["music_constrained_1"]))
     results["batch1"] = {**side, **load}
+    # where a token's time goes: the model's decoding step alone (one token after a cached history, as generate
+    # calls it) against the whole token of generate (the step plus transformers' decoding loop around it)
+    steps = {arch: decode_steps_fn(models[arch], tokenizer, s.gen_tokens, device) for arch in ("music", "gpt2")}
+    for fn in steps.values():
+        fn()
+    times, load = timed(steps, s.gen_reps)
+    split = {}
+    for arch in ("music", "gpt2"):
+        token = side[arch]["seconds"] / s.gen_tokens
+        step = median(times[arch]) / s.gen_tokens
+        split[arch] = {"token_ms": token * 1000, "step_ms": step * 1000, "loop_ms": (token - step) * 1000,
+                       "loop_share": (token - step) / token, "all_step_seconds": times[arch]}
+    # ours at 1.3 x GPT-2 takes GPT-2's token time / 1.3; with our own loop cost, the step that leaves
+    split["step_ms_for_1_3x"] = split["gpt2"]["token_ms"] / 1.3 - split["music"]["loop_ms"]
+    results["token_split"] = {**split, **load}
     # batches of 1 and 8, eager, unconstrained
     for batch in s.gen_batches:
         fns = {arch: gen(arch, batch, s.gen_tokens) for arch in ("music", "gpt2")}
@@ -494,6 +509,25 @@ def bench_generation(tokenizer: MusicTokenizer, s: Settings, device: torch.devic
                          for name, arch, backend in runs}
     results["memory"].update(load, load_end=load_now())
     return results
+
+
+def decode_steps_fn(model: nn.Module, tokenizer: MusicTokenizer, steps: int, device: torch.device
+                    ) -> Callable[[], None]:
+    """`steps` single-token forward calls after a BOS, each on the cache the previous ones filled (a fresh
+    `DynamicCache` per run): the model's part of greedy decoding, without `generate`'s loop (no logits processing,
+    sampling, stopping checks or input bookkeeping)."""
+    from transformers.cache_utils import DynamicCache
+
+    bos = torch.full((1, 1), tokenizer.bos_token_id, device=device)
+    token = torch.full((1, 1), tokenizer.token_id("Bar"), device=device)
+
+    def run() -> None:
+        with torch.inference_mode():
+            cache = DynamicCache(config=model.config)
+            model(bos, cache=cache, use_cache=True)
+            for _ in range(steps):
+                model(token, cache=cache, use_cache=True)
+    return run
 
 
 def shipped_model() -> tuple[nn.Module, MusicTokenizer] | None:
@@ -626,6 +660,22 @@ def speed_section(report: Report, r: dict[str, Any]) -> None:
                 f"{b1['music_constrained']['vs_gpt2']:.2f} x), the constraint <= 10 % (measured "
                 f"{b1['constrained_overhead']:.1%}), a fast backend >= 2 x eager (measured "
                 f"{best / b1['music_constrained']['tokens_per_s']:.2f} x for the fastest).")
+    split = gen.get("token_split")
+    if split:
+        report.text(f"Where a token's time goes (eager, unconstrained, batch 1): the whole token as `generate` makes "
+                    f"it (above), against the model's decoding step alone ({gen['new_tokens']} single-token forward "
+                    f"calls on a growing `DynamicCache` after a BOS, median of {s['gen_reps']}, interleaved; "
+                    f"{_load(split)}); the rest is transformers' decoding loop around the step (input and mask "
+                    "bookkeeping, logits processing, stopping checks), the same code for both models.")
+        report.table(["model", "ms per token in generate", "ms in the model's step", "ms in the loop around it",
+                      "loop share"],
+                     [[label, split[a]["token_ms"], split[a]["step_ms"], split[a]["loop_ms"], split[a]["loop_share"]]
+                      for a, label in (("music", "ours, per token"), ("gpt2", "GPT-2, per token"))])
+        report.text(f"For 1.3 x GPT-2 a token of ours may take {split['gpt2']['token_ms'] / 1.3:.3f} ms; after our "
+                    f"loop's {split['music']['loop_ms']:.3f} ms that leaves {split['step_ms_for_1_3x']:.3f} ms for "
+                    f"the model's step, against {split['music']['step_ms']:.3f} ms measured "
+                    f"({split['music']['step_ms'] / split['gpt2']['step_ms']:.2f} x GPT-2's step, which does less: "
+                    "no conv, no music embeddings).")
     batches = gen["batch"]
     report.text(f"Eager, unconstrained, by batch size (median of {s['gen_reps']}; "
                 f"{_load(next(iter(batches.values())))} for batch {next(iter(batches))}):")

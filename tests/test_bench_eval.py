@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -459,6 +460,16 @@ def test_bench_quick_reports_every_figure_with_ratios_from_the_measurements(tmp_
         assert b1[name]["tokens_per_s"] == pytest.approx(gen["new_tokens"] / b1[name]["seconds"])
     assert b1["constrained_overhead"] == pytest.approx(b1["music_constrained"]["seconds"] / b1["music"]["seconds"] - 1)
     assert table_rows(text, "ours, eager, grammar-constrained")[0][2] == fmt(b1["music_constrained"]["vs_gpt2"])
+    split = gen["token_split"]  # a token of generate = the model's step + the loop around it, for both models
+    for arch, label in (("music", "ours, per token"), ("gpt2", "GPT-2, per token")):
+        m = split[arch]
+        assert m["token_ms"] == pytest.approx(b1[arch]["seconds"] / gen["new_tokens"] * 1000)
+        assert m["step_ms"] == pytest.approx(statistics.median(m["all_step_seconds"]) / gen["new_tokens"] * 1000)
+        assert m["loop_ms"] == pytest.approx(m["token_ms"] - m["step_ms"])
+        assert m["loop_share"] == pytest.approx(m["loop_ms"] / m["token_ms"])
+        assert table_rows(text, label)[0][1:] == [fmt(m[k]) for k in ("token_ms", "step_ms", "loop_ms", "loop_share")]
+    assert split["step_ms_for_1_3x"] == pytest.approx(split["gpt2"]["token_ms"] / 1.3 - split["music"]["loop_ms"])
+    assert f"that leaves {split['step_ms_for_1_3x']:.3f} ms for the model's step" in text
     if "onnx" in fast:  # float32 ONNX Runtime: the eager model's greedy tokens
         assert b1["onnx_constrained"]["same_tokens_as_eager"]
     for backend in ("torch", *fast):
@@ -466,7 +477,7 @@ def test_bench_quick_reports_every_figure_with_ratios_from_the_measurements(tmp_
         assert rt["real_time_factor"] == pytest.approx(rt["music_seconds"] / rt["seconds"]) and rt["music_seconds"] > 0
     for name in ("music", "gpt2"):
         assert gen["memory"][name]["cache_bytes"] > 0 and gen["memory"][name]["peak_bytes"] > 0
-    for part in (tok, tr, b1, gen["cache"], gen["real_time"], gen["memory"]):
+    for part in (tok, tr, b1, split, gen["cache"], gen["real_time"], gen["memory"]):
         assert f"1-min load average {part['load_start']} at the start" in text
     print(f"bench --quick took {seconds:.0f} s")
 
