@@ -373,6 +373,30 @@ def _sample(model: Any, tokenizer: MusicTokenizer, ids: list[int], *, uncond: li
     return sequences.tolist()
 
 
+def prompt_for_model(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, prompt_bars: int | None = None,
+                     time_signature: str | None = None, tempo: float | None = None,
+                     controls: Mapping[str, Any] | None = None, prompt_mapping: bool = True
+                     ) -> tuple[list[int], list[int], list[str]]:
+    """The prompt as `generate_music` feeds it: (BOS + control ids, the music after them, what the mapping changed).
+
+    A music prompt (a path, bytes or Score; not token ids) is first brought to what the model learned
+    (`music_hf.prompt_mapping.map_prompt`, unless `prompt_mapping` is False); errors name the input, not the
+    mapped Score."""
+    changes: list[str] = []
+    source = _source_name(prompt) if prompt is not None and is_music_input(prompt) else None
+    if prompt_mapping and source is not None:
+        score = load_score(prompt, tokenizer.max_file_bytes)
+        if score.note_num():  # (an empty prompt fails below, naming the input)
+            prompt, changes = map_prompt(score, model, tokenizer)
+    try:
+        head, body = _prompt_parts(tokenizer, prompt, prompt_bars, time_signature, tempo, controls)
+    except MusicFileError as e:
+        if source is None or e.source == source:
+            raise
+        raise type(e)(source, e.problem) from e  # name the input, not the mapped Score
+    return head, body, changes
+
+
 def generate_music(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, genre: str | int | None = None,
                    max_new_tokens: int = 256, constrained: bool = True, prompt_bars: int | None = None,
                    programs: Sequence[int] | None = None, time_signature: str | None = None,
@@ -396,18 +420,8 @@ def generate_music(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, ge
     `backend="onnx"` (or "onnx-int8") decodes on the CPU with ONNX Runtime, same tokens, faster
     (`music_hf.fast_inference`; the extra `fast`); "torch" (the default) runs the model as it is.
     """
-    changes: list[str] = []
-    source = _source_name(prompt) if prompt is not None and is_music_input(prompt) else None
-    if prompt_mapping and source is not None:
-        score = load_score(prompt, tokenizer.max_file_bytes)
-        if score.note_num():  # (an empty prompt fails below, naming the input)
-            prompt, changes = map_prompt(score, model, tokenizer)
-    try:
-        head, body = _prompt_parts(tokenizer, prompt, prompt_bars, time_signature, tempo, controls)
-    except MusicFileError as e:
-        if source is None or e.source == source:
-            raise
-        raise type(e)(source, e.problem) from e  # name the input, not the mapped Score
+    head, body, changes = prompt_for_model(model, tokenizer, prompt, prompt_bars, time_signature, tempo, controls,
+                                           prompt_mapping)
     max_ctx = _context_room(model)
     if max_ctx is not None and len(head) + len(body) + max_new_tokens > max_ctx:
         room = max_ctx - max_new_tokens - len(head)
@@ -457,4 +471,4 @@ def generate_midi(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, gen
 
 # ----- composition: infilling and accompaniment -------------------------------------------------------------
 __all__ = ["MusicGrammarLogitsProcessor", "cpu_threads_for", "GeneratedPiece", "generate_music", "generate_midi",
-           "prompt_ids", "cut_bars", "finish_sequence", "composition_mask"]
+           "prompt_ids", "prompt_for_model", "cut_bars", "finish_sequence", "composition_mask"]

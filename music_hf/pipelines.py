@@ -12,6 +12,11 @@ by default, `{"midi": bytes}` with `return_type="midi"`, `{"token_ids": [...]}` 
 A list of inputs gives a list of such lists. Generation is `music_hf.generation.generate_music` (grammar-
 constrained by default), so its keywords (genre, max_new_tokens, temperature, top_k, top_p, seed, programs,
 constrained, prompt_bars, time_signature, tempo, ...) pass through; other keywords go on to `model.generate()`.
+
+A music prompt is first brought to what the model learned, as `generate_music` brings it
+(`music_hf.prompt_mapping.map_prompt`: unlearned drums dropped, unlearned programs to the nearest learned one,
+velocities and tempos into the learned range; `prompt_mapping=False` keeps it as it is): its records carry
+`"prompt_changes"`, one line per change (an empty list when nothing changed).
 """
 
 from __future__ import annotations
@@ -21,12 +26,13 @@ from typing import Any
 import torch
 from transformers import Pipeline
 
-from .generation import generate_music, prompt_ids
+from .generation import generate_music, prompt_for_model
+from .tokenization_music import is_music_input
 
 TASK = "music-generation"
 RETURN_TYPES = ("score", "midi", "ids")
 RETURN_KEYS = {"score": "score", "midi": "midi", "ids": "token_ids"}
-PREPROCESS_KEYS = ("prompt_bars", "time_signature", "tempo")
+PREPROCESS_KEYS = ("prompt_bars", "time_signature", "tempo", "prompt_mapping")
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -40,7 +46,7 @@ class MusicGenerationPipeline(Pipeline):
 
     Keywords (at construction or per call): `return_type` ("score", "midi" or "ids"); `genre` (a name or id of
     `model.config.id2genre`); `prompt_bars`, `time_signature`, `tempo` (how the prompt or the opening bar is
-    made); `max_new_tokens`, `num_return_sequences`, `temperature`, `top_k`, `top_p`, `do_sample`, `seed`,
+    made), `prompt_mapping` (bring a music prompt to what the model learned; default True); `max_new_tokens`, `num_return_sequences`, `temperature`, `top_k`, `top_p`, `do_sample`, `seed`,
     `programs`, `constrained` and any other `generate()` keyword.
     """
 
@@ -95,19 +101,22 @@ class MusicGenerationPipeline(Pipeline):
         return preprocess_params, forward_params, postprocess_params
 
     def preprocess(self, inputs: Any, prompt_bars: int | None = None, time_signature: str | None = None,
-                   tempo: float | None = None) -> dict[str, torch.Tensor]:
+                   tempo: float | None = None, prompt_mapping: bool = True) -> dict[str, Any]:
         prompt = None if (inputs is None or (isinstance(inputs, str) and not inputs.strip())) else inputs
-        ids = prompt_ids(self.tokenizer, prompt, prompt_bars, time_signature, tempo)  # BOS first
-        return {"input_ids": torch.tensor([ids], dtype=torch.long)}
+        head, body, changes = prompt_for_model(self.model, self.tokenizer, prompt, prompt_bars, time_signature, tempo,
+                                               prompt_mapping=prompt_mapping)  # BOS first
+        return {"input_ids": torch.tensor([head + body], dtype=torch.long),
+                "prompt_changes": changes if prompt is not None and is_music_input(prompt) else None}
 
-    def _forward(self, model_inputs: dict[str, torch.Tensor], **generate_kwargs: Any) -> dict[str, Any]:
+    def _forward(self, model_inputs: dict[str, Any], **generate_kwargs: Any) -> dict[str, Any]:
         ids = model_inputs["input_ids"][0].tolist()
-        # the prompt is already cut and opened (prompt_bars, time_signature, tempo applied in preprocess)
+        # the prompt is already mapped, cut and opened (prompt_bars, time_signature, tempo applied in preprocess)
         pieces = generate_music(self.model, self.tokenizer, prompt=ids, **generate_kwargs)
-        return {"pieces": pieces}
+        return {"pieces": pieces, "prompt_changes": model_inputs["prompt_changes"]}
 
     def postprocess(self, model_outputs: dict[str, Any], return_type: str = "score") -> list[dict[str, Any]]:
         key = RETURN_KEYS[return_type]
+        changes = model_outputs.get("prompt_changes")
         records = []
         for piece in model_outputs["pieces"]:
             if return_type == "score":
@@ -116,7 +125,7 @@ class MusicGenerationPipeline(Pipeline):
                 value = piece.score.dumps_midi()
             else:
                 value = list(piece.ids)
-            records.append({key: value})
+            records.append({key: value} if changes is None else {key: value, "prompt_changes": list(changes)})
         return records
 
 

@@ -176,6 +176,21 @@ def test_generation_maps_a_prompt_unless_told_not_to(tok, model, drum_midi):
     assert ids.prompt_changes == []  # token ids are taken as they are
 
 
+def test_the_pipeline_maps_a_prompt_and_says_what_changed(tok, model, drum_midi):
+    """`pipeline("music-generation")` brings a music prompt to what the model learned, as generate_music does: its
+    records carry the changes (a new piece has none to carry); prompt_mapping=False keeps the prompt."""
+    from transformers import pipeline
+
+    pipe = pipeline("music-generation", model=model, tokenizer=tok, device="cpu")
+    out = pipe(str(drum_midi), prompt_bars=2, max_new_tokens=8, seed=0, return_type="ids")[0]
+    direct = generate_music(model, tok, prompt=str(drum_midi), prompt_bars=2, max_new_tokens=8, seed=0)[0]
+    assert out["prompt_changes"] == direct.prompt_changes and "Dropped the drums" in out["prompt_changes"][0]
+    assert out["token_ids"] == direct.ids  # the same mapped prompt, the same continuation
+    raw = pipe(str(drum_midi), prompt_bars=2, max_new_tokens=8, seed=0, return_type="ids", prompt_mapping=False)[0]
+    assert raw["prompt_changes"] == [] and 128 in programs_of(tok.decode_midi(raw["token_ids"]))
+    assert set(pipe(max_new_tokens=4, seed=0)[0]) == {"score"}  # a new piece: nothing was mapped
+
+
 def test_the_command_line_prints_the_changes(tok, model, drum_midi, tmp_path, capsys):
     import json
 
