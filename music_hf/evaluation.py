@@ -565,12 +565,12 @@ def _fitting_bars(tokenizer: MusicTokenizer, ids: Sequence[int], limit: int) -> 
 
 
 @torch.no_grad()
-def _span_nll(model: Any, ids: Sequence[int], start: int, end: int) -> float:
-    """Summed NLL (nats) of ids[start:end] given everything before them (genre unknown)."""
+def _span_nlls(model: Any, ids: Sequence[int], start: int, end: int) -> np.ndarray:
+    """NLL (nats) of each of ids[start:end] given everything before it (genre unknown)."""
     device = next(model.parameters()).device
     logits = model(input_ids=torch.tensor([list(ids)], device=device)).logits[0, start - 1: end - 1].float()
     target = torch.tensor(list(ids[start:end]), device=device)
-    return float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+    return torch.nn.functional.cross_entropy(logits, target, reduction="none").cpu().numpy()
 
 
 def infill_quality(model: Any, tokenizer: MusicTokenizer, references: Sequence[Sequence[int]], samples: int = 8,
@@ -582,6 +582,8 @@ def infill_quality(model: Any, tokenizer: MusicTokenizer, references: Sequence[S
     - `nll_fim` / `nll_left`: NLL per token (nats) of the gap's own tokens given both sides (the fill-in-the-middle
       prompt in the layout the model is trained with, its config's `infill_order`) and given the
       left side only (plain continuation); `fim_better`: share of the gaps where both sides give the lower NLL;
+      `by_kind`: the same per token over the gap's bar lines (`bar_tokens` of them: a Bar token opens each bar,
+      where the model decides whether the gap goes on) and over its other tokens (the music);
     - `exact_bars`: share of `infill_piece` calls (sampling) that return the piece with exactly the requested bars
       in the gap and the piece's bar count (a failed call counts as a miss, its error kept in `failures`);
     - `grammar_error_rate`: share of the infilled pieces' tokens the grammar check rejects (0 by construction).
@@ -595,6 +597,7 @@ def infill_quality(model: Any, tokenizer: MusicTokenizer, references: Sequence[S
             usable.append((r, window, bars))
     nll = {"fim": 0.0, "left": 0.0}
     tokens = exact = fim_better = 0
+    bar_id = tokenizer.token_id("Bar")
     outputs: list[list[int]] = []
     failures: list[str] = []
     cases: list[dict[str, Any]] = []
@@ -610,9 +613,12 @@ def infill_quality(model: Any, tokenizer: MusicTokenizer, references: Sequence[S
                                                      order=getattr(model.config, "infill_order", "psm"))
         at = fim.index(tokenizer.infill_ids["end"]) - middle  # the gap's tokens end at Infill_End in either layout
         left = [tokenizer.bos_token_id] + upto
-        case = {"reference": r, "bars": bars, "gap": [start, end], "tokens": middle,
-                "nll_fim": _span_nll(model, fim, at, at + middle),
-                "nll_left": _span_nll(model, left, len(before) + 1, len(left))}
+        per_fim = _span_nlls(model, fim, at, at + middle)
+        per_left = _span_nlls(model, left, len(before) + 1, len(left))
+        bar = np.asarray(upto[len(before):]) == bar_id  # the gap's bar lines (a Bar token opens each of its bars)
+        case = {"reference": r, "bars": bars, "gap": [start, end], "tokens": middle, "bar_tokens": int(bar.sum()),
+                "nll_fim": float(per_fim.sum()), "nll_left": float(per_left.sum()),
+                "nll_fim_bar_tokens": float(per_fim[bar].sum()), "nll_left_bar_tokens": float(per_left[bar].sum())}
         nll["fim"] += case["nll_fim"]
         nll["left"] += case["nll_left"]
         tokens += middle
@@ -631,9 +637,16 @@ def infill_quality(model: Any, tokenizer: MusicTokenizer, references: Sequence[S
         exact += case["exact"]
         cases.append(case)
     n = len(cases)
+    bar_tokens = sum(c["bar_tokens"] for c in cases)
+    by_kind = {}  # the gap's bar lines (where the model decides whether the gap goes on) and the rest, apart
+    for side in ("fim", "left"):
+        on_bars = sum(c[f"nll_{side}_bar_tokens"] for c in cases)
+        by_kind[side] = {"bar_tokens": on_bars / bar_tokens if bar_tokens else float("nan"),
+                         "other_tokens": (nll[side] - on_bars) / (tokens - bar_tokens) if tokens > bar_tokens
+                         else float("nan")}
     return {"n": n, "samples": samples, "skipped": len(references) - len(usable), "max_gap": max_gap,
             "order": getattr(model.config, "infill_order", "psm"),
-            "tokens": tokens,
+            "tokens": tokens, "bar_tokens": bar_tokens, "by_kind": by_kind,
             "nll_fim": nll["fim"] / tokens if tokens else float("nan"),
             "nll_left": nll["left"] / tokens if tokens else float("nan"),
             "fim_better": fim_better / n if n else float("nan"), "exact_bars": exact / n if n else float("nan"),

@@ -439,6 +439,16 @@ def composition_section(report: Report, comp: dict[str, Any] | None) -> None:
                   "exact bars", "grammar errors", "failed calls"],
                  [[inf["n"], inf["tokens"], inf["nll_fim"], inf["nll_left"], inf["fim_better"], inf["exact_bars"],
                    inf["grammar_error_rate"], len(inf["failures"])]])
+    if inf.get("by_kind"):
+        kinds = inf["by_kind"]
+        report.text("The gap's tokens apart: its bar lines (the Bar token that opens each of its bars, where the "
+                    "model decides whether the gap goes on; `infill_music` fixes the bar count, so sampling never "
+                    "takes that decision) and the rest (the notes, positions and durations).")
+        report.table(["gap tokens", "tokens", "NLL/token both sides", "NLL/token left only", "both sides / left"],
+                     [[label, count, kinds["fim"][key], kinds["left"][key], kinds["fim"][key] / kinds["left"][key]]
+                      for label, count, key in (("bar lines", inf["bar_tokens"], "bar_tokens"),
+                                                ("everything else", inf["tokens"] - inf["bar_tokens"],
+                                                 "other_tokens"))])
     programs = ", ".join(f"{p} ({n})" for p, n in acc["programs"].items()) or "-"
     report.text(f"Accompaniment: `accompany_piece` on {acc['n']} held-out openings (whole bars, a third of the "
                 "context at most), a new part for the first of programs "

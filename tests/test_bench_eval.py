@@ -283,6 +283,12 @@ def test_infill_quality_nll_both_sides_vs_left_side_exact_bars_and_no_grammar_er
         assert r[key] == pytest.approx(sum(c[key] for c in r["cases"]) / r["tokens"])
         assert 0 < r[key] < 2 * math.log(len(tok))  # an untrained model: about log(vocabulary) per token
     assert r["fim_better"] == pytest.approx(np.mean([c["nll_fim"] < c["nll_left"] for c in r["cases"]]))
+    # bar lines and the rest apart: one Bar per gap bar, and the two parts make up the whole
+    assert r["bar_tokens"] == sum(c["gap"][1] - c["gap"][0] for c in r["cases"]) > 0
+    for side in ("fim", "left"):
+        kinds = r["by_kind"][side]
+        whole = kinds["bar_tokens"] * r["bar_tokens"] + kinds["other_tokens"] * (r["tokens"] - r["bar_tokens"])
+        assert whole == pytest.approx(r[f"nll_{side}"] * r["tokens"], rel=1e-5)
     for c in r["cases"]:
         start, end = c["gap"]
         assert 1 <= start < end <= c["bars"] - 1 and end - start <= 2  # bars on both sides, 1-2 missing
@@ -349,6 +355,10 @@ def test_composition_quality_writes_every_table_with_numbers(references, one_thr
     inf, acc = comp["infill"], comp["accompaniment"]
     assert table_rows(text, str(inf["n"]))[0][5:7] == [fmt(inf["exact_bars"]), "0"]  # exact bars, no grammar errors
     assert inf["exact_bars"] == 1.0 and acc["given_kept"] == 1.0 and acc["new_in_target"] == 1.0
+    for label, key, count in (("bar lines", "bar_tokens", inf["bar_tokens"]),
+                              ("everything else", "other_tokens", inf["tokens"] - inf["bar_tokens"])):
+        fim, left = inf["by_kind"]["fim"][key], inf["by_kind"]["left"][key]
+        assert table_rows(text, label)[0][1:] == [str(count), fmt(fim), fmt(left), fmt(fim / left)]
 
 
 # ----- report helpers --------------------------------------------------------------------------------------
