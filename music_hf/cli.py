@@ -131,7 +131,8 @@ class GenerateArguments:
                                                         "learned (the JSON's prompt_changes lists what mapping did)")
     genre: str | None = HfArg(default=None, help="genre(s) from the model's config (id2genre), comma-separated, "
                                                  "or `all`")
-    programs: str | None = HfArg(default=None, help="comma-separated GM programs allowed (128 = drums)")
+    programs: str | None = HfArg(default=None, help="comma-separated GM programs allowed (128 = drums), or 'any'; "
+                                                    "default: the prompt's and the genre's usual instruments")
     time_signature: str | None = HfArg(default=None, help="time signature of a new piece, e.g. 3/4")
     tempo: float | None = HfArg(default=None, help="tempo of a new piece (beats per minute)")
     max_new_tokens: int = HfArg(default=512, help="tokens to generate at most")
@@ -241,7 +242,8 @@ def generate(args: GenerateArguments, sampling: Any) -> list[str]:
         genres = [g.strip() for g in args.genre.split(",")]
         for genre in genres:
             model.config.genre_id(genre)  # an unknown name raises ValueError listing the known ones
-    programs = [int(x) for x in args.programs.split(",")] if args.programs else None
+    programs = (args.programs if args.programs == "any" else [int(x) for x in args.programs.split(",")]
+                if args.programs else None)
     controls = parse_controls(args.controls)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from .modeling_music import carry_forward
-from .prompt_mapping import map_prompt
+from .prompt_mapping import map_prompt, usual_programs
 from .tokenization_music import (DRUM_KINDS, DRUM_PROGRAM, KIND_INDEX, PITCHED_KINDS, TOKEN_KINDS, MusicFileError,
                                  MusicTokenizer, _source_name, is_music_input, load_score)
 
@@ -310,13 +310,15 @@ def cpu_threads_for(hidden_size: int, batch: int, available: int) -> int:
 
 @dataclass
 class GeneratedPiece:
-    """One generated sequence: its ids (prompt included), where the prompt ends, the decoded Score, and what
-    `map_prompt` changed in the prompt to fit the model (one line each; empty when nothing or when not mapped)."""
+    """One generated sequence: its ids (prompt included), where the prompt ends, the decoded Score, what
+    `map_prompt` changed in the prompt to fit the model (one line each; empty when nothing or when not mapped), and
+    the instruments the grammar-constrained decoding allowed (None: any)."""
 
     ids: list[int]
     prompt_length: int
     score: symusic.Score
     prompt_changes: list[str] = field(default_factory=list)
+    programs: list[int] | None = None  # the instruments the decoding allowed (None: any)
 
 
 def _context_room(model: Any) -> int | None:
@@ -373,6 +375,25 @@ def _sample(model: Any, tokenizer: MusicTokenizer, ids: list[int], *, uncond: li
     return sequences.tolist()
 
 
+def _allowed_programs(model: Any, tokenizer: MusicTokenizer, programs: Sequence[int] | str | None,
+                      body: Sequence[int], genre: str | int | None) -> list[int] | None:
+    """`generate_music`'s `programs`: the caller's, None for "any", or by default the prompt's instruments and the
+    genre's usual ones (None where the model has no usual ones)."""
+    if isinstance(programs, str):
+        if programs != "any":
+            raise ValueError(f"programs must be program numbers (0-127, 128 for drums), None (the prompt's and the "
+                             f"genre's usual instruments) or 'any', got {programs!r}")
+        return None
+    if programs is not None:
+        return list(programs)
+    usual = usual_programs(model, tokenizer, genre)
+    if not usual:
+        return None
+    values = tokenizer.token_table.program_set[np.asarray(list(body), dtype=np.int64)] if len(body) else []
+    given = sorted({int(v) for v in values if v >= 0})  # the programs the prompt's tokens set (drums 128)
+    return given + [p for p in usual if p not in given]
+
+
 def prompt_for_model(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, prompt_bars: int | None = None,
                      time_signature: str | None = None, tempo: float | None = None,
                      controls: Mapping[str, Any] | None = None, prompt_mapping: bool = True
@@ -399,7 +420,7 @@ def prompt_for_model(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, 
 
 def generate_music(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, genre: str | int | None = None,
                    max_new_tokens: int = 256, constrained: bool = True, prompt_bars: int | None = None,
-                   programs: Sequence[int] | None = None, time_signature: str | None = None,
+                   programs: Sequence[int] | str | None = None, time_signature: str | None = None,
                    tempo: float | None = None, temperature: float | None = None, top_k: int | None = None,
                    top_p: float | None = None, do_sample: bool = True, num_return_sequences: int = 1,
                    seed: int | None = None, controls: Mapping[str, Any] | None = None,
@@ -417,6 +438,10 @@ def generate_music(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, ge
     velocities and tempos into the learned range); each piece's `prompt_changes` says what changed.
     `prompt_mapping=False` keeps the prompt as it is.
 
+    `programs` (grammar-constrained decoding): the instruments the new notes may use. None: the instruments of the
+    prompt plus the genre's usual ones (`music_hf.prompt_mapping.usual_programs`, measured from the model: what it
+    opens a piece of the genre with), or any where the model has no usual ones; "any": every instrument.
+
     `backend="onnx"` (or "onnx-int8") decodes on the CPU with ONNX Runtime, same tokens, faster
     (`music_hf.fast_inference`; the extra `fast`); "torch" (the default) runs the model as it is.
     """
@@ -428,6 +453,7 @@ def generate_music(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, ge
         body = body[-room:] if room > 0 else []
         max_new_tokens = min(max_new_tokens, max_ctx - len(head) - len(body))
     ids = head + body
+    programs = _allowed_programs(model, tokenizer, programs, body, genre) if constrained else None
     processors = [MusicGrammarLogitsProcessor(tokenizer, programs=programs)] if constrained else []
     rows = _sample(model, tokenizer, ids, uncond=[tokenizer.bos_token_id] + body, genre=genre,
                    processors=processors, max_new_tokens=max_new_tokens, guidance_scale=guidance_scale,
@@ -437,7 +463,8 @@ def generate_music(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, ge
     for row in rows:
         rest = finish_sequence(tokenizer, row[1:])
         pieces.append(GeneratedPiece(ids=[row[0]] + rest, prompt_length=len(ids), score=tokenizer.decode_midi(rest),
-                                     prompt_changes=list(changes)))
+                                     prompt_changes=list(changes), programs=None if programs is None else
+                                     list(programs)))
     return pieces
 
 

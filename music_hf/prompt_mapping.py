@@ -110,6 +110,27 @@ def learned_programs(model: Any, tokenizer: MusicTokenizer,
     return sorted(int(p) for p in _learned(kind_shares(model, tokenizer, "Program", contexts)))
 
 
+USUAL_SHARE = 0.1  # a genre's usual instrument: at least this share of the model's Program probability at its opening
+
+
+def usual_programs(model: Any, tokenizer: MusicTokenizer, genre: Any = None) -> list[int]:
+    """The instruments (programs, 128 = drums) `model` opens a new piece of `genre` with, best first, measured from
+    the model: those with at least USUAL_SHARE of its Program probability at the genre's opening (`kind_shares`);
+    empty where none has (an untrained model spreads it evenly).
+
+    What a new piece plays when the caller names no instruments (`generate_music`). A model trained with instrument
+    reassignment (`program_reassign`) gives a genre's own instruments about half the probability and spreads the rest
+    thinly over every General MIDI family: sampled freely, a chorale would as often as not come out on a sitar or a
+    tenor sax."""
+    config = getattr(model, "config", None)
+    name = None
+    if genre is not None and getattr(config, "model_type", "") == "music":
+        name = config.id2genre[config.genre_id(genre)]
+    contexts = [(ids, g) for ids, g in opening_contexts(model, tokenizer) if name is None or g == name][:1]
+    shares = kind_shares(model, tokenizer, "Program", contexts)
+    return [int(p) for p, share in sorted(shares.items(), key=lambda ps: -ps[1]) if share >= USUAL_SHARE]
+
+
 @dataclass
 class ModelKnowledge:
     """What a model learned, as `map_prompt` uses it: programs (best first; 128 = drums), and the lowest and highest
@@ -269,5 +290,6 @@ def map_prompt(score: Any, model: Any, tokenizer: MusicTokenizer, knowledge: Mod
     return score, changes
 
 
-__all__ = ["LEARNED_SHARE", "GM_FAMILIES", "gm_family", "opening_contexts", "kind_shares", "learned_programs",
+__all__ = ["LEARNED_SHARE", "USUAL_SHARE", "GM_FAMILIES", "gm_family", "opening_contexts", "kind_shares",
+           "learned_programs", "usual_programs",
            "ModelKnowledge", "model_knowledge", "nearest_program", "STAND_IN_REASONS", "map_prompt"]

@@ -673,7 +673,8 @@ class Studio:
                               f"{len(new_ids)} new tokens · {item['valid']:.0%} well-formed tokens · "
                               f"seed {settings.seed}"))
             out.append(item)
-        instruments = describe_instruments(settings.programs) if settings.programs else "any instrument"
+        allowed = pieces[0].programs if pieces else settings.programs  # by default the genre's usual instruments
+        instruments = describe_instruments(allowed) if allowed else "any instrument"
         summary = (f"{label} · {self._genre_name(settings)} · {instruments}{settings.describe()} · "
                    f"T={settings.temperature:g}")
         return {"label": summary, "pieces": out, "seconds": elapsed, "stopped": stopped,

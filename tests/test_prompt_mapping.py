@@ -176,6 +176,38 @@ def test_generation_maps_a_prompt_unless_told_not_to(tok, model, drum_midi):
     assert ids.prompt_changes == []  # token ids are taken as they are
 
 
+def test_a_new_piece_plays_the_genres_usual_instruments_unless_told_otherwise(tok, model, untrained,
+                                                                             chorale_with_violin):
+    """Without `programs`, a grammar-constrained generation may use the prompt's instruments and those the model
+    opens the genre with (`usual_programs`, measured from the model); "any" lifts that; an untrained model has no
+    usual instruments, so any goes; a bad value is refused."""
+    from music_hf.prompt_mapping import USUAL_SHARE, kind_shares, opening_contexts, usual_programs
+
+    usual = usual_programs(model, tok, "chorale")
+    assert sorted(usual) == sorted(LEARNED_PROGRAMS)  # the taught ones, and only they, get USUAL_SHARE or more
+    opening = dict((g, ids) for ids, g in opening_contexts(model, tok))["chorale"]
+    shares = kind_shares(model, tok, "Program", [(opening, "chorale")])
+    assert all(shares[p] >= USUAL_SHARE for p in usual) and shares[usual[0]] == max(shares.values())
+    assert usual_programs(untrained, tok, "chorale") == [] and usual_programs(model, tok, None) == usual
+
+    piece = generate_music(model, tok, genre="chorale", max_new_tokens=64, seed=0)[0]
+    assert piece.programs == usual and programs_of(piece.score) <= set(usual)
+    free = generate_music(model, tok, genre="chorale", max_new_tokens=64, seed=0, programs="any")[0]
+    assert free.programs is None
+    chosen = generate_music(model, tok, genre="chorale", max_new_tokens=64, seed=0, programs=[40])[0]
+    assert chosen.programs == [40] and programs_of(chosen.score) <= {40}
+    assert generate_music(untrained, tok, genre="chorale", max_new_tokens=16, seed=0)[0].programs is None
+    assert generate_music(model, tok, genre="chorale", max_new_tokens=16, seed=0,
+                          constrained=False)[0].programs is None  # nothing restricts an unconstrained decode
+    # a prompt's own instruments stay allowed, the usual ones join them
+    cont = generate_music(model, tok, prompt=chorale_with_violin, prompt_bars=1, prompt_mapping=False,
+                          genre="chorale", max_new_tokens=32, seed=0)[0]
+    assert cont.programs == sorted(programs_of(chorale_with_violin)) + [p for p in usual
+                                                                         if p not in programs_of(chorale_with_violin)]
+    with pytest.raises(ValueError, match=r"programs must be program numbers .* or 'any', got 'all'"):
+        generate_music(model, tok, genre="chorale", max_new_tokens=4, programs="all")
+
+
 def test_the_pipeline_maps_a_prompt_and_says_what_changed(tok, model, drum_midi):
     """`pipeline("music-generation")` brings a music prompt to what the model learned, as generate_music does: its
     records carry the changes (a new piece has none to carry); prompt_mapping=False keeps the prompt."""
