@@ -48,11 +48,12 @@ def _genre_kwargs(model: Any, genre: Any, device: torch.device) -> dict[str, tor
 
 
 def opening_contexts(model: Any, tokenizer: MusicTokenizer) -> list[tuple[list[int], Any]]:
-    """The opening of a new piece (BOS, first bar, 4/4 where the vocabulary has it, 120 BPM) in each of the model's
-    genres: the contexts `model_knowledge` always asks."""
+    """The opening of a new piece (BOS, first bar, 4/4 where the vocabulary has it, 120 BPM where it has tempos) in
+    each of the model's genres: the contexts `model_knowledge` always asks."""
     signatures = list(tokenizer.time_signatures())
     signature = "4/4" if "4/4" in signatures else (signatures[0] if signatures else None)
-    opening = [tokenizer.bos_token_id] + tokenizer.opening_ids(signature, 120)
+    tempo = 120 if len(tokenizer.kind_ids("Tempo")) else None  # (a Structured vocabulary has no Tempo tokens)
+    opening = [tokenizer.bos_token_id] + tokenizer.opening_ids(signature, tempo)
     genres = [g for _, g in sorted(getattr(model.config, "id2genre", {0: None}).items())] or [None]
     return [(opening, g) for g in genres]
 
