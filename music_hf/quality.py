@@ -331,26 +331,34 @@ def music_quality(tokenizer: MusicTokenizer, model_genres: list[str], genres: li
 COMPOSITION_SETTINGS = ("fim_rate", "fim_order", "fim_max_bars", "control_dropout", "genre_dropout")
 
 
-def trained_augmentation(model_dir: Path) -> AugmentationConfig | None:
-    """The augmentation a model was trained with, read from its training_results.json; None where the folder does
-    not say or it trained without augmentation."""
+def trained_settings(model_dir: Path) -> dict[str, Any] | None:
+    """The flat training settings a model folder records (its training_results.json's "config"); None where the
+    folder has no such file."""
     done = Path(model_dir) / "training_results.json"
     if not done.is_file():
         return None
-    config = json.loads(done.read_text()).get("config") or {}
+    return json.loads(done.read_text()).get("config") or {}
+
+
+def trained_augmentation(model_dir: Path) -> AugmentationConfig | None:
+    """The augmentation a model was trained with (`trained_settings`); None where the folder does not say or it
+    trained without augmentation."""
+    config = trained_settings(model_dir)
+    if config is None:
+        return None
     known = TrainConfig().flat()
     aug = TrainConfig.from_dict({k: v for k, v in config.items() if k in known}).data.augmentation()
     return aug if aug.enabled else None
 
 
 def trained_composition(model_dir: Path) -> dict[str, Any] | None:
-    """The composition settings a model was trained with (COMPOSITION_SETTINGS), read from its
-    training_results.json; None where the folder does not say."""
-    done = Path(model_dir) / "training_results.json"
-    if not done.is_file():
+    """The composition settings a model was trained with (COMPOSITION_SETTINGS, from `trained_settings`); None where
+    the folder does not say."""
+    config = trained_settings(model_dir)
+    if config is None:
         return None
-    config = json.loads(done.read_text()).get("config") or {}
-    return {k: config.get(k, TrainConfig().flat()[k]) for k in COMPOSITION_SETTINGS}
+    defaults = TrainConfig().flat()
+    return {k: config.get(k, defaults[k]) for k in COMPOSITION_SETTINGS}
 
 
 def composition_quality(model: Any, tokenizer: MusicTokenizer, references: Any, settings: dict[str, Any],
