@@ -1133,7 +1133,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
                     instruments = gr.Dropdown(studio.instrument_names, value=[], multiselect=True,
                                               label="Instruments", visible=bool(studio.programs),
                                               info="Only those this model learned: it writes silence for the "
-                                                   "others. Empty: the prompt's and the genre's usual ones. Needs the grammar constraint.")
+                                                   "others. Empty: the prompt's and the genre's usual ones. Needs "
+                                                   "the grammar constraint.")
                     with gr.Row():
                         tempo = gr.Slider(40, 250, value=120, step=1, label="Tempo (BPM, new pieces)")
                         time_signature = gr.Dropdown(studio.time_signatures, value="4/4" if "4/4" in
