@@ -146,7 +146,9 @@ class GenerateArguments:
     accompany_program: int | None = HfArg(default=None, help="write a new part for this program (0-127, 128 = "
                                                              "drums) along the whole --prompt piece")
     controls: list[str] | None = HfArg(default=None, help='key=value pairs: key="D minor" density=8 (notes per '
-                                                          'bar) polyphony=2 pitch_range=48-84 tempo=96')
+                                                          'bar) polyphony=2 pitch_range=48-84 tempo=96 '
+                                                          'timing=score|performed (default: the prompt\'s; a new '
+                                                          'piece: score)')
     guidance_scale: float | None = HfArg(default=None, help="classifier-free guidance toward the controls and the "
                                                             "genre (> 1 pulls harder; none or 1: off)")
     backend: str = HfArg(default="torch", help="decoding backend: torch, or onnx / onnx-int8 (ONNX Runtime on the "

@@ -25,7 +25,7 @@ import torch
 
 from .configuration_music import INFILL_ORDERS, UNKNOWN_GENRE
 from .corpus import DataSummary, read_midi_folder
-from .tokenization_music import CONTROL_NAMES, MusicFileError, MusicTokenizer
+from .tokenization_music import MusicFileError, MusicTokenizer
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
@@ -344,6 +344,7 @@ class AugmentationConfig:
     velocity_dynamics: float = 0.0  # chance that a window's velocities are redrawn as dynamics over the whole range
     program_reassign: float = 0.0  # chance that a window's instruments move to other General MIDI families
     probability: float = 1.0  # chance that a window is augmented at all
+    timing_noise: float = 1.0  # chance that an augmented window gets the duration and position jitter
 
     @property
     def enabled(self) -> bool:
@@ -414,6 +415,8 @@ class TokenAugmenter:
             self._dynamics(out, rng)
         if cfg.velocity_jitter:
             self._jitter(out, "Velocity", cfg.velocity_jitter, rng)
+        if (cfg.duration_jitter or cfg.position_jitter) and cfg.timing_noise < 1 and rng.random() >= cfg.timing_noise:
+            return out.tolist()  # the written timing kept (the draw is skipped at 1, as before timing_noise existed)
         if cfg.duration_jitter:
             self._jitter(out, "Duration", cfg.duration_jitter, rng)
         if cfg.position_jitter:
@@ -573,8 +576,9 @@ class MusicDataCollator:
         controls = []
         if self.control_dropout is not None:
             measured = self.tokenizer.measure_controls(ids)
-            kept = [rng.random() >= self.control_dropout for _ in CONTROL_NAMES]
-            controls = self.tokenizer.control_ids({n: measured[n] for n, keep in zip(CONTROL_NAMES, kept) if keep})
+            names = self.tokenizer.control_names  # those the vocabulary has (an older one lacks timing)
+            kept = [rng.random() >= self.control_dropout for _ in names]
+            controls = self.tokenizer.control_ids({n: measured[n] for n, keep in zip(names, kept) if keep})
         if rng.random() < self.fim_rate:
             ids = fim_arrange(ids, self.tokenizer, rng, order=self.fim_order, max_bars=self.fim_max_bars)
         if rng.random() < self.genre_dropout:

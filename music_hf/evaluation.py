@@ -26,8 +26,8 @@ from .configuration_music import MusicConfig
 from .data import MusicDataCollator, TokenAugmenter, fim_arrange
 from .generation import _context_room, cut_bars, generate_music
 from .modeling_music import MusicForSequenceClassification
-from .tokenization_music import (CONTROL_NAMES, DENSITY_EDGES, DRUM_PROGRAM, KEY_MODES, KEY_TONICS, MAX_POLYPHONY,
-                                 OCTAVES, MusicFileError, MusicTokenizer, load_score)
+from .tokenization_music import (DENSITY_EDGES, DRUM_PROGRAM, KEY_MODES, KEY_TONICS, MAX_POLYPHONY,
+                                 OCTAVES, TIMING_STYLES, MusicFileError, MusicTokenizer, load_score)
 from .training import lr_scheduler
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -455,7 +455,7 @@ def classification_scores(predicted: Sequence[int], true: Sequence[int]) -> dict
 GUIDANCE_SCALE = 3.0  # classifier-free guidance of the "guided" generations
 # bins a control can take (for the uniform chance level): keys, density bins, polyphony 1..6, (low, high) octaves
 CONTROL_BINS = {"key": len(KEY_TONICS) * len(KEY_MODES), "density": len(DENSITY_EDGES), "polyphony": MAX_POLYPHONY,
-                "pitch_range": len(OCTAVES) * (len(OCTAVES) + 1) // 2}
+                "pitch_range": len(OCTAVES) * (len(OCTAVES) + 1) // 2, "timing": len(TIMING_STYLES)}
 # target programs of the accompaniment: the first the piece lacks (acoustic bass, piano, guitar, violin, flute)
 ACCOMPANIMENT_PROGRAMS = (32, 0, 24, 40, 73)
 
@@ -508,7 +508,7 @@ def control_bin(tokenizer: MusicTokenizer, name: str, value: Any) -> tuple[int, 
 
 def control_adherence(model: Any, tokenizer: MusicTokenizer, references: Sequence[Sequence[int]], samples: int = 16,
                       max_new_tokens: int = 256, guidance_scale: float | None = GUIDANCE_SCALE, seed: int = 0,
-                      controls: Sequence[str] = CONTROL_NAMES, **sampling: Any) -> dict[str, Any]:
+                      controls: Sequence[str] | None = None, **sampling: Any) -> dict[str, Any]:
     """How often a generation has the control it was asked for, with and without guidance, against chance.
 
     The requests are the controls measured (`composition_measure`) on the openings of the `references` (held-out
@@ -517,8 +517,11 @@ def control_adherence(model: Any, tokenizer: MusicTokenizer, references: Sequenc
     guidance and once with `guidance_scale` (None or 1: not run). A piece matches when its measured value falls in
     the requested bin (`control_bin`). Chance levels: `chance`, the share of reference openings in the requested
     bin (what a model that ignores the control but writes like the held-out pieces would score), and
-    `uniform_chance`, 1 / the number of bins (1/24 for the key).
+    `uniform_chance`, 1 / the number of bins (1/24 for the key). Timing is asked "score" and "performed" in turn
+    (held-out openings are almost all "score"). `controls`: the names to measure (None: every control the
+    tokenizer has, `tokenizer.control_names`).
     """
+    controls = tokenizer.control_names if controls is None else controls
     openings = [_music_body(tokenizer, r)[:max_new_tokens] for r in references]
     measured_refs = [composition_measure(tokenizer, o) for o in openings if o]
     guided = guidance_scale is not None and float(guidance_scale) != 1.0
@@ -527,12 +530,13 @@ def control_adherence(model: Any, tokenizer: MusicTokenizer, references: Sequenc
                            "guidance_scale": float(guidance_scale) if guided else None, "seed": seed, "controls": {}}
     for c, name in enumerate(controls):
         values = [m[name] for m in measured_refs if m[name] is not None]
+        requested = list(TIMING_STYLES) if name == "timing" and values else values
         entry: dict[str, Any] = {"n": 0, "chance": float("nan"), "uniform_chance": 1.0 / CONTROL_BINS[name],
                                  "adherence": {mode: float("nan") for mode in modes}, "pieces": []}
         out["controls"][name] = entry
         if not values or samples <= 0:
             continue
-        requests = [values[i % len(values)] for i in range(samples)]
+        requests = [requested[i % len(requested)] for i in range(samples)]
         bins = [control_bin(tokenizer, name, v) for v in requests]
         ref_bins = [control_bin(tokenizer, name, v) for v in values]
         entry["n"] = samples

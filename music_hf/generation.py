@@ -394,6 +394,24 @@ def _allowed_programs(model: Any, tokenizer: MusicTokenizer, programs: Sequence[
     return given + [p for p in usual if p not in given]
 
 
+MIN_TIMING_NOTES = 8  # a prompt with fewer notes says too little about its timing: a generation asks for "score"
+
+
+def default_timing(tokenizer: MusicTokenizer, controls: Mapping[str, Any] | None, music: Sequence[int]) -> list[int]:
+    """The timing control a generation adds when `controls` does not name "timing": the prompt's own timing
+    (`measure_controls` on its music ids) where it has at least MIN_TIMING_NOTES notes, else "score" (onsets on the
+    written grid: a new piece). The model learned played timing from augmented windows; asked nothing, it mixes the
+    two. [] where the vocabulary has no timing control (a model saved before it existed) or `controls` names timing
+    (None there leaves it to the model). The id goes last in the control prefix (CONTROL_NAMES order)."""
+    if (controls is not None and "timing" in controls) or "timing" not in tokenizer.control_names:
+        return []
+    music = list(music)
+    timing = "score"
+    if int(tokenizer.token_table.note_count[np.asarray(music, dtype=np.int64)].sum()) >= MIN_TIMING_NOTES:
+        timing = tokenizer.measure_controls(music)["timing"] or "score"
+    return tokenizer.control_ids({"timing": timing})
+
+
 def prompt_for_model(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, prompt_bars: int | None = None,
                      time_signature: str | None = None, tempo: float | None = None,
                      controls: Mapping[str, Any] | None = None, prompt_mapping: bool = True
@@ -402,7 +420,8 @@ def prompt_for_model(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, 
 
     A music prompt (a path, bytes or Score; not token ids) is first brought to what the model learned
     (`music_hf.prompt_mapping.map_prompt`, unless `prompt_mapping` is False); errors name the input, not the
-    mapped Score."""
+    mapped Score. Without a timing in `controls`, the prompt's timing (a new piece: "score") is asked for
+    (`default_timing`)."""
     changes: list[str] = []
     source = _source_name(prompt) if prompt is not None and is_music_input(prompt) else None
     if prompt_mapping and source is not None:
@@ -415,7 +434,7 @@ def prompt_for_model(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, 
         if source is None or e.source == source:
             raise
         raise type(e)(source, e.problem) from e  # name the input, not the mapped Score
-    return head, body, changes
+    return head + default_timing(tokenizer, controls, body), body, changes
 
 
 def generate_music(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, genre: str | int | None = None,
@@ -428,9 +447,11 @@ def generate_music(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, ge
                    **generate_kwargs: Any) -> list[GeneratedPiece]:
     """Continue `prompt` (or start from nothing) and return each variation with its ids and Score.
 
-    `controls` ({"key": "D minor", "density": 8, "polyphony": 2, "pitch_range": (48, 84), "tempo": 96}) go into
-    the prompt after BOS (`prompt_ids`); `guidance_scale` > 1 pulls the generation toward them (and the genre) by
-    classifier-free guidance, against the same prompt without them. Sampling settings left as None come from
+    `controls` ({"key": "D minor", "density": 8, "polyphony": 2, "pitch_range": (48, 84), "timing": "score",
+    "tempo": 96}) go into the prompt after BOS (`prompt_ids`); `guidance_scale` > 1 pulls the generation toward them
+    (and the genre) by classifier-free guidance, against the same prompt without them. Timing, where the model has
+    the control and `controls` does not say, is the prompt's own (a new piece: "score", the written grid;
+    `default_timing`), and guidance pulls toward it too; `{"timing": None}` leaves it to the model. Sampling settings left as None come from
     `model.generation_config` (the run's, saved with the model).
 
     A music prompt (a path, bytes or Score; not token ids) is first brought to what the model learned

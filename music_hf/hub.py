@@ -338,7 +338,11 @@ def build_model_card(model_dir: str | os.PathLike, repo_id: str) -> ModelCard:
             procs = results.get("processes") or 1
             batch = train_cfg["per_device_batch_size"] * train_cfg["gradient_accumulation_steps"] * procs
             aug = {k: train_cfg[k] for k in ("pitch_shift", "tempo_shift", "velocity_jitter", "duration_jitter",
-                                             "position_jitter") if train_cfg.get(k)}
+                                             "position_jitter", "velocity_dynamics", "program_reassign")
+                   if train_cfg.get(k)}
+            if aug:  # how often: the chances below 1 (a window augmented at all; its timing jittered)
+                aug.update({k: train_cfg[k] for k in ("augment_probability", "timing_noise")
+                            if train_cfg.get(k, 1.0) < 1})
             lines += [f"{_fmt(results.get('steps'))} optimizer steps on {procs} process{'es' if procs > 1 else ''}, "
                       f"{batch} windows of at most {train_cfg['max_length']} tokens per step, AdamW at learning rate "
                       f"{train_cfg['learning_rate']} ({train_cfg['warmup_steps']} warmup steps), weight decay "

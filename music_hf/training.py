@@ -4,6 +4,7 @@ parameter groups and schedule, the epoch-seeded sampler, evaluation metrics, and
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import itertools
 import json
@@ -74,6 +75,10 @@ class DataArguments:
     program_reassign: float = HfArg(default=0.0, help="augmentation: chance that a window's instruments are "
                                                       "reassigned to other General MIDI families")
     augment_probability: float = HfArg(default=1.0, help="chance that a training window is augmented")
+    timing_noise: float = HfArg(default=1.0, help="augmentation: chance that an augmented window also gets the "
+                                                  "duration and position jitter (played timing; with "
+                                                  "control_dropout, its timing control says 'performed', so "
+                                                  "generation can ask for the written grid)")
     fim_rate: float = HfArg(default=0.0, help="composition: chance that a training window is rearranged for "
                                               "fill-in-the-middle over its bars (infilling)")
     fim_order: Literal["psm", "spm"] = HfArg(default="psm", help="composition: the fill-in-the-middle layout, "
@@ -86,7 +91,8 @@ class DataArguments:
                                                         "window's bars when fewer); none: up to every bar of the "
                                                         "window")
     control_dropout: float | None = HfArg(default=None, help="composition: give training windows a control prefix "
-                                                             "(key, density, polyphony, pitch range) measured on "
+                                                             "(key, density, polyphony, pitch range, timing) "
+                                                             "measured on "
                                                              "them, each control dropped with this probability "
                                                              "(none: no prefix)")
     genre_dropout: float = HfArg(default=0.0, help="composition: chance that a training window's genre is dropped "
@@ -107,7 +113,8 @@ class DataArguments:
         return AugmentationConfig(pitch_shift=self.pitch_shift, tempo_shift=self.tempo_shift,
                                   velocity_jitter=self.velocity_jitter, duration_jitter=self.duration_jitter,
                                   position_jitter=self.position_jitter, velocity_dynamics=self.velocity_dynamics,
-                                  program_reassign=self.program_reassign, probability=self.augment_probability)
+                                  program_reassign=self.program_reassign, probability=self.augment_probability,
+                                  timing_noise=self.timing_noise)
 
 
 # MusicConfig fields that MusicConfig.from_tokenizer fills from the tokenizer and the genres
@@ -157,6 +164,10 @@ class RunArguments:
                            "match its vocabulary) and its sizes; model settings that would change them are ignored "
                            "with a warning, the *_dropout ones apply. Its genres keep their ids; data genres it does "
                            "not know get new genre embedding rows after them (none: a new model)")
+    add_composition_tokens: bool = HfArg(
+        default=False, help="with init_from: add the composition tokens this version defines that the saved "
+                            "tokenizer lacks (a model saved before the timing control existed): the weights move "
+                            "to the new ids by token (`remap_vocabulary`), the new tokens' rows start fresh")
     lora_r: int = HfArg(default=0, help="with init_from: train a PEFT LoRA adapter of this rank instead of all the "
                                         "weights (new genres' embedding rows train too); output_dir then holds only "
                                         "the adapter, for `PeftModel.from_pretrained` or `--adapter` (0: off)")
@@ -306,8 +317,11 @@ def load_pieces(cfg: TrainConfig, progress: bool = True) -> tuple[Any, list[str]
 def build_tokenizer(cfg: TrainConfig, pieces: Any = None, column: str = "path") -> MusicTokenizer:
     """The run's tokenizer: loaded from `tokenizer_path` or else `init_from`, else REMI+ (with BPE learned on train
     pieces if asked)."""
-    if cfg.data.tokenizer_path or cfg.training.init_from:
-        return MusicTokenizer.from_pretrained(cfg.data.tokenizer_path or cfg.training.init_from)
+    if cfg.data.tokenizer_path:
+        return MusicTokenizer.from_pretrained(cfg.data.tokenizer_path)
+    if cfg.training.init_from:
+        tokenizer = MusicTokenizer.from_pretrained(cfg.training.init_from)
+        return tokenizer.with_composition_tokens() if cfg.training.add_composition_tokens else tokenizer
     tokenizer = MusicTokenizer()
     if cfg.data.bpe_vocab_size and pieces is not None and column == "path":
         tokenizer.train_bpe(cfg.data.bpe_vocab_size, pieces[column])
@@ -440,6 +454,10 @@ def load_init_model(cfg: TrainConfig, tokenizer: MusicTokenizer, genres: Sequenc
         logger.warning("init_from %s: ignoring model settings %s (the saved model has %s)", path, ignored,
                        {k: getattr(config, k) for k in ignored})
     model = MusicForCausalLM.from_pretrained(path, dtype=torch.float32, **applied)
+    if run.add_composition_tokens and len(tokenizer) != model.config.vocab_size:
+        saved = MusicTokenizer.from_pretrained(path)
+        model = remap_vocabulary(model, saved, tokenizer)
+        logger.info("init_from %s: composition tokens added, vocabulary %d -> %d ids", path, len(saved), len(tokenizer))
     if len(tokenizer) != model.config.vocab_size:
         source = f"tokenizer_path {cfg.data.tokenizer_path}" if cfg.data.tokenizer_path else f"the tokenizer in {path}"
         raise ValueError(f"{source} has {len(tokenizer)} ids but the model in init_from {path} has vocab_size "
@@ -453,6 +471,34 @@ def load_init_model(cfg: TrainConfig, tokenizer: MusicTokenizer, genres: Sequenc
         logger.info("init_from %s: new genres %s get ids %s", path, added,
                     list(range(len(known), len(known) + len(added))))
     return model
+
+
+def remap_vocabulary(model: MusicForCausalLM, old: MusicTokenizer, new: MusicTokenizer) -> MusicForCausalLM:
+    """`model`, trained with tokenizer `old`, carried over to tokenizer `new` (`with_composition_tokens`): a model of
+    the same settings and genres whose per-id attribute tables are `new`'s and whose token rows (the input embedding
+    and the output layer) are taken from `old`'s row of the same token; `new`'s other tokens get rows drawn as at
+    initialisation. Every token of `old` must be in `new` (a ValueError names those that are not)."""
+    old_vocab, new_vocab = old.get_vocab(), new.get_vocab()
+    if len(old_vocab) != model.config.vocab_size:
+        raise ValueError(f"the model has vocab_size {model.config.vocab_size}, its tokenizer {len(old_vocab)} ids")
+    lost = sorted(set(old_vocab) - set(new_vocab))
+    if lost:
+        raise ValueError(f"the new tokenizer lacks {len(lost)} of the model's tokens ({', '.join(lost[:5])}...)")
+    fresh = MusicConfig.from_tokenizer(new)
+    config = copy.deepcopy(model.config)
+    for name in SET_BY_TOKENIZER - {"id2genre"}:
+        setattr(config, name, getattr(fresh, name))
+    out = MusicForCausalLM(config).to(model.dtype)
+    state = out.state_dict()
+    rows_old = torch.tensor([old_vocab[t] for t in old_vocab])
+    rows_new = torch.tensor([new_vocab[t] for t in old_vocab])
+    for key, value in model.state_dict().items():
+        if value.shape[:1] == (len(old_vocab),) and state[key].shape[:1] == (len(new_vocab),):
+            value = state[key].clone().index_copy_(0, rows_new, value[rows_old])
+        state[key] = value
+    out.load_state_dict(state)
+    out.tie_weights()
+    return out
 
 
 def lora_model(model: MusicForCausalLM, run: RunArguments, genres_added: bool = False) -> nn.Module:

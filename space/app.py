@@ -70,8 +70,9 @@ LIVE_ROLL_EVERY = 64  # new tokens between two drawings of the piano roll while 
 ANY_KEY = "any"
 ANY = "any"  # a control left to the model
 CONTROL_LABELS = {"key": "Key", "density": "Notes per bar", "polyphony": "Notes at once",
-                  "pitch_range": "Pitch range"}
-CONTROL_SAMPLES = {"key": "C major", "density": 0, "polyphony": 1, "pitch_range": (60, 60)}  # to probe the tokenizer
+                  "pitch_range": "Pitch range", "timing": "Timing"}
+CONTROL_SAMPLES = {"key": "C major", "density": 0, "polyphony": 1, "pitch_range": (60, 60),  # to probe the tokenizer
+                   "timing": "score"}
 DENSITY_CHOICES = ["1", "2", "4", "6", "8", "12", "16", "24", "32"]  # one per Density bin (notes per bar)
 POLYPHONY_CHOICES = ["1", "2", "3", "4", "5", "6"]  # 6 = 6 or more
 STOPPED_BY_REQUEST = "stopped by request"

@@ -168,7 +168,7 @@ def test_infill_in_the_spm_layout_of_a_model_trained_with_it(tok, excerpts, real
         placeholders = prompt[first:at].index(next(t for t in prompt[first:at] if t != infill["bar"])) \
             if any(t != infill["bar"] for t in prompt[first:at]) else at - first
         prefix = prompt[at + 1:]
-        assert prompt[:first] == [tok.bos_token_id]
+        assert prompt[:first] == [tok.bos_token_id] + tok.control_ids({"timing": "score"})  # the piece's timing
         # the prefix is the piece's bars right before the gap (a windowed one restates the tempo in force)
         no_tempo = set(tok.kind_ids("Tempo").tolist())
         plain = [t for t in prefix if t not in no_tempo]
@@ -219,7 +219,10 @@ def test_controls_go_after_bos_and_guidance_runs(tok, model):
     guided, guided_too = generate_music(model, tok, max_new_tokens=48, seed=0, controls=controls, guidance_scale=3.0,
                                         num_return_sequences=2)
     assert steered.ids[: 1 + len(control)] == [tok.bos_token_id] + control
-    assert plain.ids[1:] != steered.ids[1 + len(control):]  # the controls change what the model reads
+    with torch.no_grad():  # the controls change what the model reads (an untrained model may still sample alike)
+        after_plain, after_steered = (model(torch.tensor([p.ids[:p.prompt_length]])).logits[0, -1]
+                                      for p in (plain, steered))
+    assert not torch.allclose(after_plain, after_steered)
     assert guided.ids[: 1 + len(control)] == steered.ids[: 1 + len(control)] and guided.ids != steered.ids
     composition = set(composition_mask(tok).nonzero()[0].tolist())
     for piece in (plain, steered, guided, guided_too):
@@ -290,13 +293,13 @@ def test_bad_input_is_a_clear_error(tok, model, excerpts, real_midi_paths, tmp_p
     with pytest.raises(ValueError, match=r"unknown control 'mood'"):
         generate_music(model, tok, controls={"mood": "sad"})
     with pytest.raises(ValueError, match=r"guidance_scale needs something to guide toward"):
-        generate_music(model, tok, guidance_scale=2.0, max_new_tokens=4)
+        generate_music(model, tok, guidance_scale=2.0, max_new_tokens=4, controls={"timing": None})
     with pytest.raises(ValueError, match=r"REMI tokens; this tokenizer is TSD"):
         infill_music(model, MusicTokenizer(tokenization="TSD"), path, bars=(0, 1))
     old = MusicTokenizer(miditok_config={"special_tokens": ["PAD", "BOS", "EOS", "MASK"]})
     with pytest.raises(ValueError, match=r"without the composition tokens"):
         accompany(tiny_model(old), old, path, 40)
-    with pytest.raises(ValueError, match=r"the model's vocabulary has 510 ids, the tokenizer's 572"):
+    with pytest.raises(ValueError, match=r"the model's vocabulary has 510 ids, the tokenizer's 574"):
         accompany(tiny_model(old), tok, path, 40)
     with pytest.raises(ValueError, match=r"writes one piece per call"):
         accompany(model, tok, path, 40, num_return_sequences=2)
