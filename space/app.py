@@ -48,7 +48,7 @@ from music_hf import MusicFileError  # noqa: E402
 from music_hf.configuration_music import UNKNOWN_GENRE  # noqa: E402
 from music_hf.corpus import MANIFEST_NAME, default_cache_dir  # noqa: E402
 from music_hf.hub import SHIPPED_MODEL  # noqa: E402
-from music_hf.tokenization_music import CONTROL_NAMES, KEY_MODES, KEY_TONICS, MIDI_SUFFIXES  # noqa: E402
+from music_hf.tokenization_music import CONTROL_NAMES, KEY_MODES, KEY_TONICS, KIND_INDEX, MIDI_SUFFIXES  # noqa: E402
 from music_hf.composition import accompany_piece, check_composition_setup, infill_piece  # noqa: E402
 from music_hf.generation import cpu_threads_for, cut_bars, finish_sequence, generate_music, prompt_ids  # noqa: E402
 from music_hf.fast_inference import default_backend  # noqa: E402  (ONNX Runtime decoding on the CPU when installed)
@@ -75,6 +75,9 @@ CONTROL_SAMPLES = {"key": "C major", "density": 0, "polyphony": 1, "pitch_range"
                    "timing": "score"}
 DENSITY_CHOICES = ["1", "2", "4", "6", "8", "12", "16", "24", "32"]  # one per Density bin (notes per bar)
 POLYPHONY_CHOICES = ["1", "2", "3", "4", "5", "6"]  # 6 = 6 or more
+AUTO = "auto"  # timing: the prompt's own (a new piece: written), as generate_music does without a timing control
+TIMING_CHOICES = [("as the prompt (new piece: written)", AUTO), ("written (on the beat grid)", "score"),
+                  ("played (expressive)", "performed")]
 STOPPED_BY_REQUEST = "stopped by request"
 
 NEW, UPLOAD, EXAMPLE = "new", "upload", "example"
@@ -290,6 +293,7 @@ class Settings:
     polyphony: float | None = None
     pitch_range: tuple[int, int] | None = None
     guidance_scale: float | None = None  # None: off (the widget's 0 or 1)
+    timing: str | None = None  # "score" or "performed"; None: the prompt's (generate_music's default_timing)
 
     @property
     def programs(self) -> list[int] | None:
@@ -299,7 +303,7 @@ class Settings:
     def controls(self) -> dict[str, Any] | None:
         """The `controls=` of the library: the ones set (tempo is the opening's, not a control token here)."""
         values = {"key": self.key, "density": self.density, "polyphony": self.polyphony,
-                  "pitch_range": self.pitch_range}
+                  "pitch_range": self.pitch_range, "timing": self.timing}
         return {k: v for k, v in values.items() if v is not None} or None
 
     def describe(self) -> str:
@@ -311,6 +315,8 @@ class Settings:
             parts.append(f"{self.polyphony:g} at once")
         if self.pitch_range is not None:
             parts.append(f"pitches {pitch_name(self.pitch_range[0])}–{pitch_name(self.pitch_range[1])}")
+        if self.timing is not None:
+            parts.append("written timing" if self.timing == "score" else "played timing")
         if self.guidance_scale is not None:
             parts.append(f"guidance {self.guidance_scale:g}")
         return "".join(f" · {p}" for p in parts)
@@ -446,7 +452,8 @@ class Studio:
                  time_signature: str | None = "4/4", max_new_tokens: int = 256, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = 0, variations: int = 1,
                  constrained: bool = True, key: str | None = None, density: Any = None, polyphony: Any = None,
-                 pitch_low: Any = None, pitch_high: Any = None, guidance: float | None = None) -> Settings:
+                 pitch_low: Any = None, pitch_high: Any = None, guidance: float | None = None,
+                 timing: str | None = None) -> Settings:
         """Raw widget values -> Settings; out-of-range values are clamped, unknown names refused, and so are the
         instruments the model never learned (it would write silence for them). Controls ("any" or None: not set)
         are checked by the tokenizer (`control_ids`): a value it refuses is its message, titled by the field."""
@@ -476,6 +483,14 @@ class Studio:
                     raise user_error(str(e), title=CONTROL_LABELS[name]) from None
                 if name not in self.control_names:  # in the tokenizer, beyond the model's vocabulary
                     raise user_error(self.controls_note, title=CONTROL_LABELS[name])
+        timing = None if timing in (None, "", AUTO) else timing
+        if timing is not None:
+            if "timing" not in self.control_names:
+                raise user_error(self.controls_note, title=CONTROL_LABELS["timing"])
+            try:
+                self.tokenizer.control_ids({"timing": timing})
+            except ValueError as e:
+                raise user_error(str(e), title=CONTROL_LABELS["timing"]) from None
         guidance = float(guidance) if guidance not in (None, "") else None
         seed = -1 if seed is None else int(seed)
         return Settings(
@@ -487,7 +502,7 @@ class Studio:
             seed=seed if seed >= 0 else secrets.randbelow(2**31),
             variations=int(min(max(int(variations or 1), 1), MAX_VARIATIONS)), constrained=bool(constrained),
             key=key, density=density, polyphony=polyphony, pitch_range=pitch_range,
-            guidance_scale=None if guidance in (None, 0.0, 1.0) else guidance)
+            guidance_scale=None if guidance in (None, 0.0, 1.0) else guidance, timing=timing)
 
     def programs_named(self, names: Sequence[str] | str | None, field_name: str) -> list[int]:
         """The programs of instrument names a visitor chose; unknown ones are refused, and so are those the model
@@ -657,7 +672,9 @@ class Studio:
         stopped = (STOPPED_BY_REQUEST if progress.cancel.is_set() else
                    f"stopped at the {GENERATION_TIMEOUT_S:.0f} s time limit" if elapsed >= GENERATION_TIMEOUT_S
                    else "")
-        head = len(prompt_ids(tokenizer, [], controls=settings.controls))  # BOS and the control tokens
+        control = tokenizer.token_table.kind == KIND_INDEX["Control"]
+        first = pieces[0].ids
+        head = 1 + next((n for n, i in enumerate(first[1:]) if not control[i]), len(first) - 1)  # BOS, controls
         seen = pieces[0].prompt_length - head  # the library cuts a prompt too long for the context from the left
         warnings = [self._context_warning(start, seen, head, settings)] if seen < len(start) else []
         folder = self._output_folder()
@@ -1114,6 +1131,10 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                             label="Genre", scale=2)
                         key = gr.Dropdown([ANY_KEY, *studio.keys], value=ANY_KEY, label="Key",
                                           visible=bool(studio.keys), scale=1)
+                        timing = gr.Dropdown(TIMING_CHOICES, value=AUTO, label="Timing", scale=1,
+                                             visible="timing" in studio.control_names,
+                                             info="Written: notes on the beat grid, so bars can repeat exactly; "
+                                                  "played: expressive timing.")
                     has = set(studio.control_names)
                     with gr.Row(visible=bool(has - {"key"})):
                         density = gr.Dropdown([ANY, *DENSITY_CHOICES], value=ANY, label="Notes per bar",
@@ -1206,7 +1227,7 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 timeline = gr.Markdown("", label="History")
 
         settings_inputs = [genre, instruments, key, tempo, time_signature, length, temperature, top_k, top_p, seed,
-                           variations, constrained, density, polyphony, pitch_low, pitch_high, guidance]
+                           variations, constrained, density, polyphony, pitch_low, pitch_high, guidance, timing]
         for choice in (example, bars, bar_from, bar_to, parts, new_part, *settings_inputs):
             naming_the_field(choice)
         slot_outputs = [c for slot in slots for c in slot]
@@ -1324,12 +1345,13 @@ def build_demo(studio: Studio) -> gr.Blocks:
         @reporting_errors
         def on_generate(hist, prompt_source, prompt_bars, genre, instruments, key, tempo, time_signature, length,
                         temperature, top_k, top_p, seed, variations, constrained, density=ANY, polyphony=ANY,
-                        pitch_low=ANY, pitch_high=ANY, guidance=1.0, midi_file=None, corpus_example=None,
+                        pitch_low=ANY, pitch_high=ANY, guidance=1.0, timing=AUTO, midi_file=None,
+                        corpus_example=None,
                         request: gr.Request = None):
             """Generate variations from a new piece, an uploaded MIDI file or a corpus example."""
             settings = studio.settings(genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
                                        seed, variations, constrained, key, density, polyphony, pitch_low,
-                                       pitch_high, guidance)
+                                       pitch_high, guidance, timing)
             prompt = (prompt_source, midi_file, corpus_example, prompt_bars)
             studio.read_prompt(*prompt)  # fail fast on a bad upload, before the thread starts
             yield from run(lambda tracker, notify: studio.generate(hist, *prompt, settings, tracker, notify),
@@ -1338,11 +1360,11 @@ def build_demo(studio: Studio) -> gr.Blocks:
         @reporting_errors
         def on_continue(hist, variation, genre, instruments, key, tempo, time_signature, length, temperature, top_k,
                         top_p, seed, variations, constrained, density=ANY, polyphony=ANY, pitch_low=ANY,
-                        pitch_high=ANY, guidance=1.0, request: gr.Request = None):
+                        pitch_high=ANY, guidance=1.0, timing=AUTO, request: gr.Request = None):
             """Continue one variation of the last result (the whole piece is the prompt)."""
             settings = studio.settings(genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
                                        seed, variations, constrained, key, density, polyphony, pitch_low,
-                                       pitch_high, guidance)
+                                       pitch_high, guidance, timing)
             studio.current_piece(hist, int(variation or 1))
             yield from run(lambda tracker, notify: studio.continue_piece(hist, int(variation or 1), settings,
                                                                          tracker, notify),
@@ -1351,12 +1373,13 @@ def build_demo(studio: Studio) -> gr.Blocks:
         @reporting_errors
         def on_regenerate(hist, variation, from_bar, to_bar, parts, genre, instruments, key, tempo, time_signature,
                           length, temperature, top_k, top_p, seed, variations, constrained, density=ANY,
-                          polyphony=ANY, pitch_low=ANY, pitch_high=ANY, guidance=1.0, request: gr.Request = None):
+                          polyphony=ANY, pitch_low=ANY, pitch_high=ANY, guidance=1.0, timing=AUTO,
+                          request: gr.Request = None):
             """Write bars from_bar to to_bar (not included; bars count from 0) of a variation of the last result
             anew, only the notes of `parts` there when some are chosen; everything else stays note for note."""
             settings = studio.settings(genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
                                        seed, variations, constrained, key, density, polyphony, pitch_low,
-                                       pitch_high, guidance)
+                                       pitch_high, guidance, timing)
             studio.current_piece(hist, int(variation or 1))
             yield from run(lambda tracker, notify: studio.regenerate_bars(hist, int(variation or 1), from_bar,
                                                                           to_bar, parts, settings, tracker, notify),
@@ -1365,12 +1388,12 @@ def build_demo(studio: Studio) -> gr.Blocks:
         @reporting_errors
         def on_add_part(hist, variation, new_part, genre, instruments, key, tempo, time_signature, length,
                         temperature, top_k, top_p, seed, variations, constrained, density=ANY, polyphony=ANY,
-                        pitch_low=ANY, pitch_high=ANY, guidance=1.0, request: gr.Request = None):
+                        pitch_low=ANY, pitch_high=ANY, guidance=1.0, timing=AUTO, request: gr.Request = None):
             """Add a part for an instrument the model learned to a variation of the last result; every given note
             stays."""
             settings = studio.settings(genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
                                        seed, variations, constrained, key, density, polyphony, pitch_low,
-                                       pitch_high, guidance)
+                                       pitch_high, guidance, timing)
             studio.current_piece(hist, int(variation or 1))
             yield from run(lambda tracker, notify: studio.add_part(hist, int(variation or 1), new_part, settings,
                                                                    tracker, notify),

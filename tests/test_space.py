@@ -397,7 +397,7 @@ def test_a_prompt_cut_to_fit_the_context_is_said(app, corpus_dir, chorale_midi, 
     assert len(prompt) > 160
     step = studio.generate([], "upload", chorale_midi, bars=8, settings=quick(studio, max_new_tokens=100))[-1]
     message = app.step_message(step)
-    assert f"it saw only the last 59 of the prompt's {len(prompt)}" in message  # 160 - BOS - 100 new
+    assert f"it saw only the last 58 of the prompt's {len(prompt)}" in message  # 160 - BOS - timing - 100 new
     assert "keep fewer bars" in message
     step = studio.generate([], "upload", chorale_midi, bars=1, settings=quick(studio, max_new_tokens=48))[-1]
     assert step["warnings"] == [] and "⚠️" not in app.step_message(step)
@@ -551,34 +551,39 @@ def test_controls_and_guidance_reach_the_library(quiet_studio, app, chorale_midi
     monkeypatch.setattr(app, "infill_piece", spy("infill"))
     monkeypatch.setattr(app, "accompany_piece", spy("accompany"))
     settings = quick(quiet_studio, key="D minor", density="8", polyphony="3", pitch_low="48", pitch_high="83",
-                     guidance=2.0)
-    wanted = {"key": "D minor", "density": 8, "polyphony": 3, "pitch_range": (48, 83)}
+                     guidance=2.0, timing="score")
+    wanted = {"key": "D minor", "density": 8, "polyphony": 3, "pitch_range": (48, 83), "timing": "score"}
     history = quiet_studio.generate([], "upload", chorale_midi, bars=1, settings=settings)
     assert calls["generate"]["controls"] == wanted and calls["generate"]["guidance_scale"] == 2.0
-    assert "D minor · 8 notes per bar · 3 at once · pitches C3–B5 · guidance 2" in history[-1]["label"]
+    assert "D minor · 8 notes per bar · 3 at once · pitches C3–B5 · written timing · guidance 2" in \
+        history[-1]["label"]
     for name, action in (("infill", lambda: quiet_studio.regenerate_bars(history, 1, 0, 1, settings=settings)),
                          ("accompany", lambda: quiet_studio.add_part(history, 1, "Choir Aahs", settings))):
         with pytest.raises(Called):
             action()
         assert calls[name]["controls"] == wanted and calls[name]["guidance_scale"] == 2.0
         assert calls[name]["genre"] == "chorale" and calls[name]["max_new_tokens"] == 40
-    # "any" leaves a control out; guidance 1 or 0 is off
+    # "any" leaves a control out (timing "auto": the prompt's, as the library does); guidance 1 or 0 is off
     for off in (1, 0):
-        s = quick(quiet_studio, density="any", polyphony=None, pitch_low="any", pitch_high="any", guidance=off)
-        assert s.controls is None and s.guidance_scale is None
+        s = quick(quiet_studio, density="any", polyphony=None, pitch_low="any", pitch_high="any", guidance=off,
+                  timing="auto")
+        assert s.controls is None and s.guidance_scale is None and s.timing is None
+    assert quick(quiet_studio, timing="performed").controls == {"timing": "performed"}
     # what the tokenizer refuses is its message, titled by the field
     for values, title, message in [
         (dict(density="-3"), "Notes per bar", "density must be a number of notes per bar >= 0, got -3"),
         (dict(polyphony="lots"), "Notes at once", "polyphony must be a mean number of notes sounding"),
         (dict(pitch_low="90", pitch_high="60"), "Pitch range", "low <= high; got (90, 60)"),
         (dict(pitch_low="48"), "Pitch range", "Set both the lowest and the highest pitch"),
+        (dict(timing="swing"), "Timing", "timing must be one of 'score', 'performed'"),
     ]:
         with pytest.raises(gr.Error) as err:
             quick(quiet_studio, **values)
         assert err.value.title == title and message in err.value.message and err.value.message.startswith(title)
-    with pytest.raises(gr.Error, match="guidance_scale needs something to guide toward") as err:
-        quiet_studio.generate([], "new", settings=quick(quiet_studio, genre="unknown", guidance=3))
-    assert err.value.title == "Guidance"
+    # with no control set and no genre, guidance pulls toward the timing the library asks for (a new piece: score)
+    calls.clear()
+    quiet_studio.generate([], "new", settings=quick(quiet_studio, genre="unknown", guidance=3))
+    assert calls["generate"]["controls"] is None and calls["generate"]["guidance_scale"] == 3
 
 
 def test_undo_goes_back_step_by_step_across_every_action(quiet_studio, chorale_midi):
@@ -645,7 +650,7 @@ def test_a_model_without_control_tokens_hides_them_and_says_so(app, corpus_dir, 
     assert "no control tokens" in studio.controls_note and "without the composition tokens" in \
         studio.composition_note
     demo = app.build_demo(studio)
-    for label in ("Key", "Notes per bar", "Notes at once", "Lowest pitch", "Highest pitch"):
+    for label in ("Key", "Timing", "Notes per bar", "Notes at once", "Lowest pitch", "Highest pitch"):
         assert component(demo, label).visible is False, label
     assert component(demo, "Guidance (1 or 0 = off)").visible is not False  # guidance toward the genre still works
     notes = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown) and isinstance(b.value, str)]
@@ -654,7 +659,13 @@ def test_a_model_without_control_tokens_hides_them_and_says_so(app, corpus_dir, 
     with pytest.raises(gr.Error, match="this tokenizer has no Density token") as err:
         studio.settings(density="8")
     assert err.value.title == "Notes per bar"
+    with pytest.raises(gr.Error, match="no control tokens") as err:
+        studio.settings(timing="score")
+    assert err.value.title == "Timing"
     studio.audio_ok = False
+    with pytest.raises(gr.Error, match="guidance_scale needs something to guide toward") as err:
+        studio.generate([], "new", settings=studio.settings(genre="unknown", guidance=3, max_new_tokens=8))
+    assert err.value.title == "Guidance"
     history = studio.generate([], "new", settings=studio.settings(genre="chorale", max_new_tokens=8, seed=0))
     with pytest.raises(gr.Error, match="unavailable with this model"):
         studio.regenerate_bars(history, 1, 0, 1, settings=studio.settings(genre="chorale"))
