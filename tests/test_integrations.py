@@ -292,8 +292,9 @@ def test_pipeline_continues_a_prompt_given_as_path_bytes_or_score(pipe, real_mid
         last_prompt_onset = max(t for t, *_ in expected)
         assert all(t >= last_prompt_onset for t, *_ in (got - expected)), "new notes start before the prompt ends"
     ids = pipe(str(path), prompt_bars=2, max_new_tokens=16, seed=2, return_type="ids")[0]["token_ids"]
-    prompt_ids = [tok.bos_token_id] + cut_bars(tok, tok.encode_score(path), 2)
-    assert ids[: len(prompt_ids)] == prompt_ids
+    prompt_ids = cut_bars(tok, tok.encode_score(path), 2)
+    # BOS, the prompt's timing (generate_music's default: the chorale is written on the grid), the prompt
+    assert ids[: 2 + len(prompt_ids)] == [tok.bos_token_id, *tok.control_ids({"timing": "score"}), *prompt_ids]
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

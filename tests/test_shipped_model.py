@@ -46,14 +46,19 @@ def test_the_folder_is_small_safetensors_only_and_complete():
 
 def test_it_is_the_committed_two_stage_recipe_on_the_whole_corpus():
     """Stage 2 (base_infill.yaml) trained the shipped weights from stage 1's (base.yaml); the two configs differ only
-    in the infilling layout, rate and gap length, the schedule and the folders, so the held-out split is the same."""
+    in the infilling layout, rate and gap length, the timing noise (stage 2 adds the timing control's tokens), the
+    schedule and the folders, so the held-out split is the same."""
     results = json.loads((SHIPPED_MODEL / "training_results.json").read_text())
     trained = TrainConfig.from_dict(results["config"])
     stage1, stage2 = TrainConfig.from_yaml(BASE_CONFIG), TrainConfig.from_yaml(STAGE2_CONFIG)
     assert trained.model.settings() == stage2.model.settings() == stage1.model.settings()
     assert trained.data == stage2.data  # the whole corpus, the augmentation and composition settings
     assert {k for k, v in stage1.flat().items() if stage2.flat()[k] != v} == {
-        "fim_rate", "fim_order", "fim_max_bars", "init_from", "learning_rate", "warmup_steps", "max_steps", "output_dir"}
+        "fim_rate", "fim_order", "fim_max_bars", "init_from", "learning_rate", "warmup_steps", "max_steps", "output_dir",
+        "timing_noise", "add_composition_tokens"}
+    assert stage2.data.timing_noise == 0.5 and stage2.training.add_composition_tokens
+    # the shipped vocabulary is this version's: every composition token, the timing control included
+    assert MusicTokenizer.from_pretrained(SHIPPED_MODEL).get_vocab() == MusicTokenizer().get_vocab()
     assert trained.training.max_steps == stage2.training.max_steps and trained.training.seed == stage2.training.seed
     assert Path(trained.training.init_from).name == Path(stage2.training.init_from).name == "music-hf-base"
     assert json.loads((SHIPPED_MODEL / "config.json").read_text())["infill_order"] == stage2.data.fim_order == "spm"
