@@ -409,20 +409,14 @@ class Studio:
         """The controls (of CONTROL_NAMES) the tokenizer has tokens for and the model can read, and a note
         naming the others (a model trained before the control tokens has none)."""
         vocab = getattr(self.model.config, "vocab_size", None)
-        names = []
-        for name in CONTROL_NAMES:
-            try:
-                ids = self.tokenizer.control_ids({name: CONTROL_SAMPLES[name]})
-            except ValueError:
-                continue
-            if vocab is None or max(ids) < vocab:
-                names.append(name)
+        names = [name for name in self.tokenizer.control_names  # those the tokenizer has, within the model's ids
+                 if vocab is None or max(self.tokenizer.control_ids({name: CONTROL_SAMPLES[name]})) < vocab]
         missing = [CONTROL_LABELS[n].lower() for n in CONTROL_NAMES if n not in names]
         if not missing:
             return names, ""
         what = "no control tokens" if not names else f"no control tokens for {', '.join(missing)}"
         return names, (f"This model has {what} (it was made before them), so "
-                       f"{'those controls are' if names else 'key, density, polyphony and pitch range are'} "
+                       f"{'those controls are' if names else 'key, timing, density, polyphony and pitch range are'} "
                        "not offered; Guidance still pulls toward the genre.")
 
     def _keys(self) -> list[str]:
