@@ -177,6 +177,61 @@ def test_cached_forward_equals_full_forward(tokenizer, piece_ids, norm, conv, po
         assert cache.get_seq_length() == ids.shape[1]
 
 
+def _stepped_logits(model: MusicForCausalLM, ids: torch.Tensor, prefill: int = 9) -> torch.Tensor:
+    """Logits of a prefill, then of one token per call on its cache (the decoding step's route)."""
+    with torch.no_grad():
+        out = model(ids[:, :prefill], use_cache=True)
+        steps = [out.logits]
+        for t in range(prefill, ids.shape[1]):
+            steps.append(model(ids[:, t:t + 1], cache=out.cache, use_cache=True).logits)
+    return torch.cat(steps, 1)
+
+
+@pytest.mark.parametrize("norm,position", [("rmsnorm", "rotary"), ("layernorm", "learned"), ("batchnorm", "rotary")])
+def test_decoding_step_equals_forward_at_batch_one_with_adapters_quantized_layers_and_new_weights(
+        tokenizer, piece_ids, norm, position):
+    """The decoding step's route (matrix-vector products for one row, the RMSNorm folded into the layer after it,
+    q and k rotated from tables, the note embeddings summed once per generate) gives forward's logits: for a plain
+    model, with LoRA adapters (called as modules), with int8 dynamically quantized linear layers, after the weights
+    change between two generate calls, and with a hook on a linear layer (the hook runs at each step)."""
+    ids = torch.tensor([piece_ids["band"][:40]])
+    model = make_lm(tokenizer, norm, 3, position)
+    with torch.no_grad():
+        torch.testing.assert_close(_stepped_logits(model, ids), model(ids).logits, atol=1e-5, rtol=1e-5)
+        for p in model.parameters():  # new weights (as a training step between two generate calls): a new plan
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+        torch.testing.assert_close(_stepped_logits(model, ids), model(ids).logits, atol=1e-5, rtol=1e-5)
+    calls = []
+    hook = model.model.layers[0].mlp.fc_in.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        torch.testing.assert_close(_stepped_logits(model, ids), model(ids).logits, atol=1e-5, rtol=1e-5)
+    finally:
+        hook.remove()
+    assert len(calls) == 2 + (ids.shape[1] - 9), "a hooked linear layer was skipped by the decoding step"
+    peft = pytest.importorskip("peft")
+    lora = peft.get_peft_model(make_lm(tokenizer, norm, 3, position),
+                               peft.LoraConfig(r=4, target_modules=["qkv_proj", "fc_in", "fc_out"])).eval()
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:  # (LoRA starts as the identity: make it count)
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
+    base_logits = make_lm(tokenizer, norm, 3, position)(ids).logits
+    with torch.no_grad():
+        adapted = lora(ids).logits
+    assert (adapted - base_logits).abs().max() > 1e-3
+    torch.testing.assert_close(_stepped_logits(lora, ids), adapted, atol=1e-5, rtol=1e-5)
+    # int8 layers quantize each call's activations, so a step is compared with a step of `forward` (the route is
+    # off while a module it goes around has a hook)
+    quantized = torch.ao.quantization.quantize_dynamic(make_lm(tokenizer, norm, 3, position), {nn.Linear},
+                                                       dtype=torch.qint8)
+    routed = _stepped_logits(quantized, ids)
+    hook = quantized.model.embeddings.register_forward_hook(lambda *_: None)
+    try:
+        torch.testing.assert_close(routed, _stepped_logits(quantized, ids), atol=1e-5, rtol=1e-5)
+    finally:
+        hook.remove()
+
+
 @pytest.mark.parametrize("norm,conv,position", COMBOS, ids=COMBO_IDS)
 def test_left_padded_batch_equals_single_sequences(tokenizer, piece_ids, norm, conv, position):
     """Forward and greedy generate on a left-padded batch give what each sequence gives alone;
