@@ -366,42 +366,46 @@ def _plain(module: nn.Module | None, kind: type = nn.Linear) -> bool:
 
 
 def _rms_scales(x: torch.Tensor, eps: float) -> float | torch.Tensor:
-    """1 / sqrt(mean(x^2) + eps) of each row of x (B, H): a Python float for one float32 row (one dot product,
-    where `F.rms_norm` runs about nine ops), else a (B, 1) tensor."""
-    if x.shape[0] == 1 and x.dtype == torch.float32:
-        return 1.0 / math.sqrt(float(torch.dot(x[0], x[0])) / x.shape[1] + eps)
+    """1 / sqrt(mean(x^2) + eps) of the rows x: a Python float for one row (H,) (one dot product, where
+    `F.rms_norm` runs about nine ops), else a (B, 1) tensor for rows (B, H)."""
+    if x.dim() == 1:
+        return 1.0 / math.sqrt(float(torch.dot(x, x)) / x.shape[0] + eps)
     return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 
 
+def _as_rows(module: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A module called on the step's rows: one row (H,) goes in as (1, H) and comes out as a row again."""
+    return lambda x: module(x[None])[0] if x.dim() == 1 else module(x)
+
+
 def _row_projection(module: nn.Module, scale: torch.Tensor | None = None
-                    ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`module(norm(x))` (without `scale`: `module(x)`) as a function of (B, in) rows for a decoding step.
+                    ) -> Callable[[torch.Tensor], torch.Tensor] | tuple[torch.Tensor, torch.Tensor, int]:
+    """`module(x)` as a function of the decoding step's rows: (H,) for one float32 row (batch 1), else (B, H).
 
     A plain float32 `nn.Linear` becomes its product with the weight: for one row `torch.addmv` (a matrix-vector
     product, about half the overhead of `nn.Linear` on a (1, 1, in) input), else `F.linear` on the rows. With the
-    weight of the RMSNorm before it as `scale`, the norm is folded in: W (w * x * r) = r (W diag(w)) x for the
-    row's 1 / rms r, so the step computes r and one product with W diag(w) (made once per `generate` call) instead of
-    the norm's ops and the product. The values are the module's up to float rounding (about 1e-7 relative: sums in
-    another order). Anything else (an adapter, a quantized layer) is called as the module."""
+    weight of the RMSNorm before it as `scale`, it returns (W diag(w), bias, beta) for `_normed` to fold the norm in:
+    W (w * x * r) = r (W diag(w)) x for the row's 1 / rms r, one product with a matrix made once per `generate` call
+    instead of the norm's ops and the product. The values are the module's up to float rounding (sums in another
+    order). Anything else (an adapter, a quantized layer) is called as the module."""
     if not _plain(module) or module.weight.dtype != torch.float32:
-        return module
+        return _as_rows(module)
     bias = module.bias
     if scale is None:
         weight = module.weight
 
         def project(x: torch.Tensor) -> torch.Tensor:
-            if x.shape[0] == 1 and x.dtype == torch.float32:
-                return (torch.mv(weight, x[0]) if bias is None else torch.addmv(bias, weight, x[0]))[None]
+            if x.dim() == 1:
+                return torch.mv(weight, x) if bias is None else torch.addmv(bias, weight, x)
             return F.linear(x, weight, bias)
         return project
     weight = (module.weight * scale.to(module.weight.dtype)).detach()
     zeros = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device) if bias is None else bias
-    beta = 0 if bias is None else 1
-    return weight, zeros, beta
+    return weight, zeros, 0 if bias is None else 1
 
 
 def _normed(norm: MaskedNorm, module: nn.Module | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`module(norm(x))` (`norm(x)` without a module) on (B, H) rows, the RMSNorm's scale folded into a plain
+    """`module(norm(x))` (`norm(x)` without a module) on the step's rows, the RMSNorm's scale folded into a plain
     linear layer where there is one (`_row_projection`)."""
     inner = norm.norm
     rms = (norm.kind == "rmsnorm" and _plain(inner, nn.RMSNorm) and inner.elementwise_affine
@@ -424,7 +428,7 @@ def _normed(norm: MaskedNorm, module: nn.Module | None = None) -> Callable[[torc
     def project(x: torch.Tensor) -> torch.Tensor:
         r = _rms_scales(x, eps)
         if isinstance(r, float):
-            return torch.addmv(bias, weight, x[0], beta=beta, alpha=r)[None]
+            return torch.addmv(bias, weight, x, beta=beta, alpha=r)
         return F.linear(x * r, weight, bias if beta else None)
     return project
 
@@ -877,8 +881,9 @@ class MusicModel(MusicPreTrainedModel):
         logits, which span about 30)."""
         if (self.training or input_ids is None or input_ids.dim() != 2 or input_ids.shape[1] != 1
                 or not isinstance(cache, Cache) or cache.is_compileable or getattr(cache, "offloading", False)
-                or self.config._attn_implementation != "sdpa" or is_torchdynamo_compiling()):
-            return None
+                or self.config._attn_implementation != "sdpa" or is_torchdynamo_compiling()
+                or torch.is_autocast_enabled(input_ids.device.type)):
+            return None  # (autocast: its casts apply to modules and ops the route replaces)
         first = self.layers[0].conv
         layers, conv = cache.layers, first is not None and first.kernel_size > 1  # (kernel 1: no conv state)
         if (len(layers) != len(self.layers) or any(type(layer) is not MusicCacheLayer or not layer.is_initialized
@@ -914,15 +919,16 @@ class MusicModel(MusicPreTrainedModel):
                                            state[..., -1] if state is not None else None, plan.note_table)
         if carried is not None:  # the cache's update of a one-step state, in place
             state.copy_(carried)
-        hidden = hidden.view(batch, -1)  # (B, H): one token per row, kept two-dimensional through the blocks
+        # the rows: (H,) for one float32 row (matrix-vector products, no batch dimension to index), else (B, H)
+        hidden = hidden.view(-1) if batch == 1 and hidden.dtype == torch.float32 else hidden.view(batch, -1)
         rotary = self.rotary.step_tables(position_ids.view(batch), hidden.dtype) if self.rotary is not None else None
         for idx, attn_in, head_dim, scaling, o_proj, conv_norm, taps, mlp_in, act, fc_out in plan.blocks:
             qkv = attn_in(hidden)
             width = qkv.shape[-1] // 3
             heads = width // head_dim
             # (B, heads, 1, head_dim) views of the projection, as `MusicAttention` takes them
-            v = qkv[:, 2 * width:].view(batch, heads, 1, head_dim)
-            qk = qkv[:, :2 * width].view(batch, 2 * heads, head_dim)
+            v = qkv[..., 2 * width:].view(batch, heads, 1, head_dim)
+            qk = qkv[..., :2 * width].view(batch, 2 * heads, head_dim)
             if rotary is not None:  # q and k rotated together: `apply_rotary`'s products and sums (see step_tables)
                 cos, sin, swap = rotary
                 qk = qk * cos + qk.index_select(-1, swap) * sin
@@ -931,23 +937,24 @@ class MusicModel(MusicPreTrainedModel):
             k = cached.keys = torch.cat([cached.keys, k], dim=-2)
             v = cached.values = torch.cat([cached.values, v], dim=-2)
             # transformers' SDPA attention for one query and no mask: no causal flag, all keys; (B, heads, 1, d)
-            # is laid out as (B, heads * d)
+            # is laid out as the rows
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, scale=scaling,
                                                  is_causal=False)
-            hidden = hidden + o_proj(out.reshape(batch, -1))
+            hidden = hidden + o_proj(out.view(hidden.shape))
             if conv_norm is not None:
                 kernel, out, weights = taps
-                conv_in = conv_norm(hidden)[..., None]
+                window = conv_norm(hidden).view(batch, -1, 1)  # (B, H, 1), the cache's conv-state layout
                 if kernel > 1:  # the state and the new input side by side, (B, H, kernel); the state keeps the last
                     state = cached.conv_states[CONV_STATE]  # kernel - 1 (the cache's update_conv_state, in place)
-                    conv_in = torch.cat([state, conv_in], dim=-1)
-                    state.copy_(conv_in[..., 1:])
-                # the sums of CausalDepthwiseConv, tap by tap in the same order, on (B, H) slices
-                for tap, weight in zip(conv_in[..., conv_in.shape[-1] - kernel:].unbind(-1), weights):
+                    window = torch.cat([state, window], dim=-1)
+                    state.copy_(window[..., 1:])
+                # the sums of CausalDepthwiseConv, tap by tap in the same order, on the rows
+                window = window[0] if hidden.dim() == 1 else window
+                for tap, weight in zip(window[..., window.shape[-1] - kernel:].unbind(-1), weights):
                     out = torch.addcmul(out, tap, weight)
                 hidden = hidden + out
             hidden = hidden + fc_out(act(mlp_in(hidden)))
-        return plan.final(hidden)[:, None]
+        return plan.final(hidden).view(batch, 1, -1)
 
     def _step_plan(self, cache: Cache, lm_head: nn.Module | None) -> _StepPlan | None:
         """The `_StepPlan` of this model for `cache` (made at its first step; a new cache, a new plan, so weights
