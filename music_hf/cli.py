@@ -148,19 +148,21 @@ class GenerateArguments:
     controls: list[str] | None = HfArg(default=None, help='key=value pairs: key="D minor" density=8 (notes per '
                                                           'bar) polyphony=2 pitch_range=48-84 tempo=96 '
                                                           'timing=score|performed (default: the prompt\'s; a new '
-                                                          'piece: score)')
+                                                          'piece: score) repetition=0.3 (share of bars repeating '
+                                                          'an earlier one, 0-1; default: the prompt\'s; a new '
+                                                          'piece: the model\'s choice)')
     guidance_scale: float | None = HfArg(default=None, help="classifier-free guidance toward the controls and the "
                                                             "genre (> 1 pulls harder; none or 1: off)")
     backend: str = HfArg(default="torch", help="decoding backend: torch, or onnx / onnx-int8 (ONNX Runtime on the "
                                                "CPU, same tokens / int8, faster; pip install 'music-hf[fast]')")
 
 
-CONTROL_NUMBERS = ("density", "polyphony", "tempo")
+CONTROL_NUMBERS = ("density", "polyphony", "tempo", "repetition")
 
 
 def parse_controls(pairs: Sequence[str] | None) -> dict[str, Any] | None:
-    """`key=value` pairs into generation controls: numbers for density, polyphony and tempo, (low, high) for
-    pitch_range ("48-84" or "48,84"), text for key; the tokenizer checks names and values."""
+    """`key=value` pairs into generation controls: numbers for density, polyphony, tempo and repetition, (low, high)
+    for pitch_range ("48-84" or "48,84"), text for key and timing; the tokenizer checks names and values."""
     if not pairs:
         return None
     controls: dict[str, Any] = {}

@@ -35,7 +35,7 @@ import symusic
 import torch
 from transformers import LogitsProcessor
 
-from .generation import MusicGrammarLogitsProcessor, _context_room, _control_split, _sample, default_timing
+from .generation import MusicGrammarLogitsProcessor, _context_room, _control_split, _sample, with_default_controls
 from .tokenization_music import DRUM_PROGRAM, KIND_INDEX, MusicFileError, MusicTokenizer, _source_name
 
 class _ComposeProcessor(LogitsProcessor):
@@ -493,7 +493,8 @@ def infill_piece(model: Any, tokenizer: MusicTokenizer, piece: Any, bars: tuple[
     in_force = _last_of_kind(tokenizer, prefix, "TimeSig")
     default_positions = 4 * int(tokenizer.miditok.config.max_num_pos_per_beat)
     positions = int(t.bar_positions[in_force]) if in_force is not None else default_positions
-    head = [tokenizer.bos_token_id] + control + default_timing(tokenizer, controls, ids)  # the piece's timing
+    # the piece's timing and repeats (`with_default_controls`)
+    head = with_default_controls(model, tokenizer, [tokenizer.bos_token_id] + control, controls, ids, genre)
     room = _context_room(model)
     if programs is None:
         # the missing bars keep their own Bar + TimeSig header (the grid of the piece stays), nothing else
@@ -584,7 +585,8 @@ def accompany_piece(model: Any, tokenizer: MusicTokenizer, piece: Any, program: 
     program = _check_program(tokenizer, program, source)
     _single(sampling, "accompany")
     given = _drop_programs(tokenizer, tokenizer.encode_score(piece), [program])
-    head = [tokenizer.bos_token_id] + control + default_timing(tokenizer, controls, given)  # the piece's timing
+    # the piece's timing and repeats (`with_default_controls`)
+    head = with_default_controls(model, tokenizer, [tokenizer.bos_token_id] + control, controls, given, genre)
     extra = max_new_tokens or max(64, len(given))  # tokens of the new part at most
     room = _context_room(model)
     # one pass where it fits, else passes over groups of bars, each prompted with the bars written before it

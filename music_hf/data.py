@@ -576,7 +576,7 @@ class MusicDataCollator:
         controls = []
         if self.control_dropout is not None:
             measured = self.tokenizer.measure_controls(ids)
-            names = self.tokenizer.control_names  # those the vocabulary has (an older one lacks timing)
+            names = self.tokenizer.control_names  # those the vocabulary has (an older one lacks timing, repetition)
             kept = [rng.random() >= self.control_dropout for _ in names]
             controls = self.tokenizer.control_ids({n: measured[n] for n, keep in zip(names, kept) if keep})
         if rng.random() < self.fim_rate:

@@ -27,7 +27,8 @@ from .data import MusicDataCollator, TokenAugmenter, fim_arrange
 from .generation import _context_room, cut_bars, generate_music
 from .modeling_music import MusicForSequenceClassification
 from .tokenization_music import (DENSITY_EDGES, DRUM_PROGRAM, KEY_MODES, KEY_TONICS, MAX_POLYPHONY,
-                                 OCTAVES, TIMING_STYLES, MusicFileError, MusicTokenizer, load_score)
+                                 OCTAVES, REPETITION_EDGES, TIMING_STYLES, MusicFileError, MusicTokenizer, load_score,
+                                 repeated_share)
 from .training import lr_scheduler
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -189,17 +190,10 @@ def bar_notes(score: symusic.Score) -> list[tuple[tuple[int, int, int], ...]]:
 def repeated_bar_share(score: symusic.Score | Sequence[tuple]) -> float:
     """Share of the non-empty bars that repeat an earlier bar of the piece: the same notes (onset relative to the
     bar start, pitch, duration; `bar_notes`), so a repeat played an octave higher or with another rhythm does not
-    count. Empty bars count neither way; NaN for a piece without notes. Takes a Score or its `bar_notes`."""
-    bars = bar_notes(score) if isinstance(score, symusic.Score) else score
-    seen: set[tuple] = set()
-    repeated = total = 0
-    for bar in bars:
-        if not bar:
-            continue
-        total += 1
-        repeated += bar in seen
-        seen.add(bar)
-    return repeated / total if total else float("nan")
+    count. Empty bars count neither way; NaN for a piece without notes. Takes a Score or its `bar_notes`. The rule
+    is the repetition control's (`tokenization_music.repeated_share`)."""
+    share = repeated_share(bar_notes(score) if isinstance(score, symusic.Score) else score)  # the control's rule
+    return float("nan") if share is None else share
 
 
 def simultaneous_voices(score: symusic.Score) -> float:
@@ -453,9 +447,11 @@ def classification_scores(predicted: Sequence[int], true: Sequence[int]) -> dict
 
 # ----- composition with control --------------------------------------------------------------------------
 GUIDANCE_SCALE = 3.0  # classifier-free guidance of the "guided" generations
-# bins a control can take (for the uniform chance level): keys, density bins, polyphony 1..6, (low, high) octaves
+# bins a control can take (for the uniform chance level): keys, density bins, polyphony 1..6, (low, high) octaves,
+# timing styles, repetition bins
 CONTROL_BINS = {"key": len(KEY_TONICS) * len(KEY_MODES), "density": len(DENSITY_EDGES), "polyphony": MAX_POLYPHONY,
-                "pitch_range": len(OCTAVES) * (len(OCTAVES) + 1) // 2, "timing": len(TIMING_STYLES)}
+                "pitch_range": len(OCTAVES) * (len(OCTAVES) + 1) // 2, "timing": len(TIMING_STYLES),
+                "repetition": len(REPETITION_EDGES)}
 # target programs of the accompaniment: the first the piece lacks (acoustic bass, piano, guitar, violin, flute)
 ACCOMPANIMENT_PROGRAMS = (32, 0, 24, 40, 73)
 
@@ -491,18 +487,24 @@ def _bar_count(tokenizer: MusicTokenizer, ids: Sequence[int]) -> int:
 
 
 def composition_measure(tokenizer: MusicTokenizer, ids: Sequence[int]) -> dict[str, Any]:
-    """`tokenizer.measure_controls(ids)`, with the density counted over the bars before the last one where there are
-    two bars or more: a generation (or an opening) cut at a token count ends inside its last bar."""
+    """`tokenizer.measure_controls(ids)`, with the density and the repetition counted over the bars before the last
+    one where there are two bars or more: a generation (or an opening) cut at a token count ends inside its last
+    bar (fewer notes, and rarely a whole repeat). The repetition stays the whole sequence's where the bars before
+    the last hold no note."""
     measured = tokenizer.measure_controls(ids)
     bars = _bar_count(tokenizer, ids)
     if bars >= 2:
-        measured["density"] = tokenizer.measure_controls(cut_bars(tokenizer, ids, bars - 1))["density"]
+        whole = tokenizer.measure_controls(cut_bars(tokenizer, ids, bars - 1))
+        measured["density"] = whole["density"]
+        if whole["repetition"] is not None:
+            measured["repetition"] = whole["repetition"]
     return measured
 
 
 def control_bin(tokenizer: MusicTokenizer, name: str, value: Any) -> tuple[int, ...] | None:
     """The bin of a control value: its control-token ids (`tokenizer.control_ids`); None for no value. Two values
-    match when their bins are equal: the same key, density bin, polyphony bin, or (low, high) octaves."""
+    match when their bins are equal: the same key, density bin, polyphony bin, (low, high) octaves, timing or
+    repetition bin."""
     return None if value is None else tuple(tokenizer.control_ids({name: value}))
 
 
@@ -518,8 +520,11 @@ def control_adherence(model: Any, tokenizer: MusicTokenizer, references: Sequenc
     the requested bin (`control_bin`). Chance levels: `chance`, the share of reference openings in the requested
     bin (what a model that ignores the control but writes like the held-out pieces would score), and
     `uniform_chance`, 1 / the number of bins (1/24 for the key). Timing is asked "score" and "performed" in turn
-    (held-out openings are almost all "score"). `controls`: the names to measure (None: every control the
-    tokenizer has, `tokenizer.control_names`).
+    (held-out openings are almost all "score"), and repetition each of its bins in turn (the lower edge of each
+    REPETITION_EDGES bin; a third of the openings repeat no bar). `controls`: the names to measure (None: every
+    control the tokenizer has, `tokenizer.control_names`).
+    The controls not asked keep generation's defaults (`generate_music`: timing "score" and the model's own
+    repetition for a new piece).
     """
     controls = tokenizer.control_names if controls is None else controls
     openings = [_music_body(tokenizer, r)[:max_new_tokens] for r in references]
@@ -530,7 +535,8 @@ def control_adherence(model: Any, tokenizer: MusicTokenizer, references: Sequenc
                            "guidance_scale": float(guidance_scale) if guided else None, "seed": seed, "controls": {}}
     for c, name in enumerate(controls):
         values = [m[name] for m in measured_refs if m[name] is not None]
-        requested = list(TIMING_STYLES) if name == "timing" and values else values
+        requested = ({"timing": list(TIMING_STYLES), "repetition": list(REPETITION_EDGES)}.get(name, values)
+                     if values else values)
         entry: dict[str, Any] = {"n": 0, "chance": float("nan"), "uniform_chance": 1.0 / CONTROL_BINS[name],
                                  "adherence": {mode: float("nan") for mode in modes}, "pieces": []}
         out["controls"][name] = entry

@@ -24,9 +24,9 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from .modeling_music import carry_forward
-from .prompt_mapping import map_prompt, usual_programs
-from .tokenization_music import (DRUM_KINDS, DRUM_PROGRAM, KIND_INDEX, PITCHED_KINDS, TOKEN_KINDS, MusicFileError,
-                                 MusicTokenizer, _source_name, is_music_input, load_score)
+from .prompt_mapping import _genre_kwargs, map_prompt, usual_programs
+from .tokenization_music import (CONTROL_TYPES, DRUM_KINDS, DRUM_PROGRAM, KIND_INDEX, PITCHED_KINDS, TOKEN_KINDS,
+                                 MusicFileError, MusicTokenizer, _source_name, is_music_input, load_score)
 
 NOTE_END_KINDS = [KIND_INDEX[k] for k in ("Duration", "NoteOff", "DrumOff")]  # a note is complete after these
 NUM_PITCHES = 128
@@ -412,16 +412,69 @@ def default_timing(tokenizer: MusicTokenizer, controls: Mapping[str, Any] | None
     return tokenizer.control_ids({"timing": timing})
 
 
+MIN_REPETITION_BARS = 4  # a prompt with fewer bars of notes says too little about its repeats: the model chooses
+
+
+def default_repetition(model: Any, tokenizer: MusicTokenizer, controls: Mapping[str, Any] | None,
+                       music: Sequence[int], prefix: Sequence[int], genre: str | int | None = None) -> list[int]:
+    """The repetition control a generation adds when `controls` does not name "repetition": the prompt's own share
+    of repeated bars (`measure_controls` on its music ids) where it has at least MIN_REPETITION_BARS bars with
+    notes, else the model's own choice made explicit: the most likely Repetition token after `prefix` (BOS and the
+    other control ids, as the model is about to get them) for `genre`, from one forward pass. Asked nothing, the
+    model's repeats are left to each sampled token; asked, guidance pulls toward the share too. [] where the
+    vocabulary has no repetition control (a model saved before it existed) or `controls` names repetition (None
+    there leaves it out). The id goes last in the control prefix (CONTROL_NAMES order)."""
+    if (controls is not None and "repetition" in controls) or "repetition" not in tokenizer.control_names:
+        return []
+    t = tokenizer.token_table
+    music = np.asarray(list(music), dtype=np.int64)
+    bars_with_notes = len(np.unique(np.cumsum(t.bar_count[music])[t.note_count[music] > 0])) if len(music) else 0
+    if bars_with_notes >= MIN_REPETITION_BARS:
+        share = tokenizer.measure_controls(music)["repetition"]
+        if share is not None:
+            return tokenizer.control_ids({"repetition": share})
+    choices = tokenizer.kind_ids("Control")
+    choices = choices[t.control[choices] == CONTROL_TYPES.index("Repetition")]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(torch.tensor([list(prefix)], device=device),
+                           **_genre_kwargs(model, genre, device)).logits[0, -1]
+    finally:
+        model.train(was_training)
+    return [int(choices[int(logits[torch.as_tensor(choices, device=device)].argmax())])]
+
+
+def with_default_controls(model: Any, tokenizer: MusicTokenizer, head: Sequence[int],
+                          controls: Mapping[str, Any] | None, music: Sequence[int],
+                          genre: str | int | None = None) -> list[int]:
+    """`head` (BOS and the control ids of `controls`) with the controls a generation adds where `controls` does not
+    name them: the timing (`default_timing`) and the repetition (`default_repetition`, asked of the model after the
+    others), the control ids in CONTROL_NAMES order (as in training). `music`: the prompt's music ids."""
+    head = list(head) + default_timing(tokenizer, controls, music)
+    head = _control_order(tokenizer, head)
+    return _control_order(tokenizer, head + default_repetition(model, tokenizer, controls, music, head, genre))
+
+
+def _control_order(tokenizer: MusicTokenizer, head: list[int]) -> list[int]:
+    """BOS, then the control ids sorted by control type (CONTROL_TYPES follows CONTROL_NAMES; stable)."""
+    control = tokenizer.token_table.control
+    return head[:1] + sorted(head[1:], key=lambda i: int(control[i]))
+
+
 def prompt_for_model(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, prompt_bars: int | None = None,
                      time_signature: str | None = None, tempo: float | None = None,
-                     controls: Mapping[str, Any] | None = None, prompt_mapping: bool = True
-                     ) -> tuple[list[int], list[int], list[str]]:
+                     controls: Mapping[str, Any] | None = None, prompt_mapping: bool = True,
+                     genre: str | int | None = None) -> tuple[list[int], list[int], list[str]]:
     """The prompt as `generate_music` feeds it: (BOS + control ids, the music after them, what the mapping changed).
 
     A music prompt (a path, bytes or Score; not token ids) is first brought to what the model learned
     (`music_hf.prompt_mapping.map_prompt`, unless `prompt_mapping` is False); errors name the input, not the
     mapped Score. Without a timing in `controls`, the prompt's timing (a new piece: "score") is asked for
-    (`default_timing`)."""
+    (`default_timing`); without a repetition, the prompt's share of repeated bars, or for a prompt of fewer than
+    MIN_REPETITION_BARS bars the model's most likely one for `genre` (`default_repetition`)."""
     changes: list[str] = []
     source = _source_name(prompt) if prompt is not None and is_music_input(prompt) else None
     if prompt_mapping and source is not None:
@@ -434,7 +487,7 @@ def prompt_for_model(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, 
         if source is None or e.source == source:
             raise
         raise type(e)(source, e.problem) from e  # name the input, not the mapped Score
-    return head + default_timing(tokenizer, controls, body), body, changes
+    return with_default_controls(model, tokenizer, head, controls, body, genre), body, changes
 
 
 def generate_music(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, genre: str | int | None = None,
@@ -451,8 +504,11 @@ def generate_music(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, ge
     "tempo": 96}) go into the prompt after BOS (`prompt_ids`); `guidance_scale` > 1 pulls the generation toward them
     (and the genre) by classifier-free guidance, against the same prompt without them. Timing, where the model has
     the control and `controls` does not say, is the prompt's own (a new piece: "score", the written grid;
-    `default_timing`), and guidance pulls toward it too; `{"timing": None}` leaves it to the model. Sampling settings left as None come from
-    `model.generation_config` (the run's, saved with the model).
+    `default_timing`), and guidance pulls toward it too; `{"timing": None}` leaves it to the model. Repetition
+    (`"repetition": 0.3`, the share of bars that repeat an earlier one), where the model has it and `controls` does
+    not say, is the prompt's own, or for a new piece (fewer than MIN_REPETITION_BARS bars) the model's most likely
+    one (`default_repetition`); `{"repetition": None}` leaves the token out. Sampling settings left as None come
+    from `model.generation_config` (the run's, saved with the model).
 
     A music prompt (a path, bytes or Score; not token ids) is first brought to what the model learned
     (`music_hf.prompt_mapping.map_prompt`: unlearned drums dropped, unlearned programs to the nearest learned one,
@@ -467,7 +523,7 @@ def generate_music(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, ge
     (`music_hf.fast_inference`; the extra `fast`); "torch" (the default) runs the model as it is.
     """
     head, body, changes = prompt_for_model(model, tokenizer, prompt, prompt_bars, time_signature, tempo, controls,
-                                           prompt_mapping)
+                                           prompt_mapping, genre)
     max_ctx = _context_room(model)
     if max_ctx is not None and len(head) + len(body) + max_new_tokens > max_ctx:
         room = max_ctx - max_new_tokens - len(head)

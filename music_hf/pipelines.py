@@ -103,9 +103,11 @@ class MusicGenerationPipeline(Pipeline):
     def preprocess(self, inputs: Any, prompt_bars: int | None = None, time_signature: str | None = None,
                    tempo: float | None = None, prompt_mapping: bool = True) -> dict[str, Any]:
         prompt = None if (inputs is None or (isinstance(inputs, str) and not inputs.strip())) else inputs
-        # BOS first; no control yet: generate_music in _forward adds them (the timing measured on the prompt too)
+        # BOS first; no control yet: generate_music in _forward adds them (the timing and the repetition measured on
+        # the prompt, or the model's repetition for its genre, too)
         head, body, changes = prompt_for_model(self.model, self.tokenizer, prompt, prompt_bars, time_signature, tempo,
-                                               controls={"timing": None}, prompt_mapping=prompt_mapping)
+                                               controls={"timing": None, "repetition": None},
+                                               prompt_mapping=prompt_mapping)
         return {"input_ids": torch.tensor([head + body], dtype=torch.long),
                 "prompt_changes": changes if prompt is not None and is_music_input(prompt) else None}
 

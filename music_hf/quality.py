@@ -417,14 +417,17 @@ def composition_section(report: Report, comp: dict[str, Any] | None) -> None:
                 f"temperature {st['temperature']}, top-p {st['top_p']}, top-k {st['top_k']}, seed {st['seed']}.")
     report.text(f"Control adherence: {c['samples']} requests per control, each the value measured on the opening "
                 f"(first {c['max_new_tokens']} tokens) of one of {c['references']} held-out pieces in turn (timing: "
-                "score and performed in turn, as the held-out openings are almost all score); each "
+                "score and performed in turn, as the held-out openings are almost all score; repetition: each of its "
+                "bins in turn); each "
                 f"control asked alone, unprompted, grammar-constrained, at most {c['max_new_tokens']} new tokens, "
                 "once without guidance and once with classifier-free guidance"
                 + (f" (scale {guided:g})" if guided else " (not run: guidance scale 1)") + ". Matched: share of "
                 "the pieces whose measured value falls in the requested bin (key: the Krumhansl-Kessler key of the "
                 "output equals the requested key; density: notes per bar over the bars before the last, in the same "
                 "Density bin; polyphony: the same Polyphony bin; pitch range: the same lowest and highest octaves; "
-                "timing: more than a quarter of the onsets off the quarter-beat grid or not, as asked). "
+                "timing: more than a quarter of the onsets off the quarter-beat grid or not, as asked; repetition: "
+                "the share of the non-empty bars before the last that repeat an earlier bar, in the same Repetition "
+                "bin). "
                 "Chance: the share of the held-out openings in the requested bin (what a model that ignores the "
                 "control and writes like the held-out pieces would score), and 1 / the number of bins.")
     report.table(["control", "requests", "chance (held-out share in bin)", "chance (uniform)", "matched, no guidance",

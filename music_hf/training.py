@@ -91,8 +91,8 @@ class DataArguments:
                                                         "window's bars when fewer); none: up to every bar of the "
                                                         "window")
     control_dropout: float | None = HfArg(default=None, help="composition: give training windows a control prefix "
-                                                             "(key, density, polyphony, pitch range, timing) "
-                                                             "measured on "
+                                                             "(key, density, polyphony, pitch range, timing, "
+                                                             "repetition) measured on "
                                                              "them, each control dropped with this probability "
                                                              "(none: no prefix)")
     genre_dropout: float = HfArg(default=0.0, help="composition: chance that a training window's genre is dropped "
@@ -166,8 +166,9 @@ class RunArguments:
                            "not know get new genre embedding rows after them (none: a new model)")
     add_composition_tokens: bool = HfArg(
         default=False, help="with init_from: add the composition tokens this version defines that the saved "
-                            "tokenizer lacks (a model saved before the timing control existed): the weights move "
-                            "to the new ids by token (`remap_vocabulary`), the new tokens' rows start fresh")
+                            "tokenizer lacks (a model saved before the timing or repetition control existed): the "
+                            "weights move to the new ids by token (`remap_vocabulary`), the new tokens' rows start "
+                            "fresh")
     lora_r: int = HfArg(default=0, help="with init_from: train a PEFT LoRA adapter of this rank instead of all the "
                                         "weights (new genres' embedding rows train too); output_dir then holds only "
                                         "the adapter, for `PeftModel.from_pretrained` or `--adapter` (0: off)")

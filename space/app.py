@@ -16,6 +16,7 @@ Gradio's own (GRADIO_SERVER_PORT, GRADIO_SERVER_NAME).
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import logging
@@ -48,7 +49,8 @@ from music_hf import MusicFileError  # noqa: E402
 from music_hf.configuration_music import UNKNOWN_GENRE  # noqa: E402
 from music_hf.corpus import MANIFEST_NAME, default_cache_dir  # noqa: E402
 from music_hf.hub import SHIPPED_MODEL  # noqa: E402
-from music_hf.tokenization_music import CONTROL_NAMES, KEY_MODES, KEY_TONICS, KIND_INDEX, MIDI_SUFFIXES  # noqa: E402
+from music_hf.tokenization_music import (CONTROL_NAMES, KEY_MODES, KEY_TONICS, KIND_INDEX, MIDI_SUFFIXES,  # noqa: E402
+                                         REPETITION_EDGES)
 from music_hf.composition import accompany_piece, check_composition_setup, infill_piece  # noqa: E402
 from music_hf.generation import cpu_threads_for, cut_bars, finish_sequence, generate_music, prompt_ids  # noqa: E402
 from music_hf.fast_inference import default_backend  # noqa: E402  (ONNX Runtime decoding on the CPU when installed)
@@ -70,14 +72,28 @@ LIVE_ROLL_EVERY = 64  # new tokens between two drawings of the piano roll while 
 ANY_KEY = "any"
 ANY = "any"  # a control left to the model
 CONTROL_LABELS = {"key": "Key", "density": "Notes per bar", "polyphony": "Notes at once",
-                  "pitch_range": "Pitch range", "timing": "Timing"}
+                  "pitch_range": "Pitch range", "timing": "Timing", "repetition": "Repeats"}
 CONTROL_SAMPLES = {"key": "C major", "density": 0, "polyphony": 1, "pitch_range": (60, 60),  # to probe the tokenizer
-                   "timing": "score"}
+                   "timing": "score", "repetition": 0.0}
 DENSITY_CHOICES = ["1", "2", "4", "6", "8", "12", "16", "24", "32"]  # one per Density bin (notes per bar)
 POLYPHONY_CHOICES = ["1", "2", "3", "4", "5", "6"]  # 6 = 6 or more
 AUTO = "auto"  # timing: the prompt's own (a new piece: written), as generate_music does without a timing control
 TIMING_CHOICES = [("as the prompt (new piece: written)", AUTO), ("written (on the beat grid)", "score"),
                   ("played (expressive)", "performed")]
+REPEAT_WORDS = ("none", "few", "some", "many")  # the Repetition bins (REPETITION_EDGES), as the page says them
+
+
+def repeat_label(k: int) -> str:
+    """Repetition bin k as the page says it, with its share of the bars that repeat an earlier one: "few (5-20 %)"."""
+    low, high = (round(100 * edge) for edge in (*REPETITION_EDGES, 1)[k:k + 2])
+    share = f"<{high} %" if low == 0 else f"{low} % or more" if high == 100 else f"{low}-{high} %"
+    return f"{REPEAT_WORDS[k]} ({share})"
+
+
+# repetition: AUTO is the prompt's share of repeated bars (a new piece: the model's choice), as generate_music does
+# without a repetition control; else one choice per Repetition bin, its lower edge
+REPETITION_CHOICES = [("as the prompt (new piece: the model's choice)", AUTO),
+                      *((repeat_label(k), f"{edge:g}") for k, edge in enumerate(REPETITION_EDGES))]
 STOPPED_BY_REQUEST = "stopped by request"
 
 NEW, UPLOAD, EXAMPLE = "new", "upload", "example"
@@ -294,6 +310,7 @@ class Settings:
     pitch_range: tuple[int, int] | None = None
     guidance_scale: float | None = None  # None: off (the widget's 0 or 1)
     timing: str | None = None  # "score" or "performed"; None: the prompt's (generate_music's default_timing)
+    repetition: float | None = None  # share of repeated bars (a Repetition bin's lower edge); None: generate_music's
 
     @property
     def programs(self) -> list[int] | None:
@@ -303,7 +320,7 @@ class Settings:
     def controls(self) -> dict[str, Any] | None:
         """The `controls=` of the library: the ones set (tempo is the opening's, not a control token here)."""
         values = {"key": self.key, "density": self.density, "polyphony": self.polyphony,
-                  "pitch_range": self.pitch_range, "timing": self.timing}
+                  "pitch_range": self.pitch_range, "timing": self.timing, "repetition": self.repetition}
         return {k: v for k, v in values.items() if v is not None} or None
 
     def describe(self) -> str:
@@ -317,6 +334,8 @@ class Settings:
             parts.append(f"pitches {pitch_name(self.pitch_range[0])}–{pitch_name(self.pitch_range[1])}")
         if self.timing is not None:
             parts.append("written timing" if self.timing == "score" else "played timing")
+        if self.repetition is not None:
+            parts.append(f"repeats: {repeat_label(bisect.bisect_right(REPETITION_EDGES, self.repetition) - 1)}")
         if self.guidance_scale is not None:
             parts.append(f"guidance {self.guidance_scale:g}")
         return "".join(f" · {p}" for p in parts)
@@ -415,8 +434,9 @@ class Studio:
         if not missing:
             return names, ""
         what = "no control tokens" if not names else f"no control tokens for {', '.join(missing)}"
+        every = "key, timing, repeats, density, polyphony and pitch range are"
         return names, (f"This model has {what} (it was made before them), so "
-                       f"{'those controls are' if names else 'key, timing, density, polyphony and pitch range are'} "
+                       f"{every if not names else 'that control is' if len(missing) == 1 else 'those controls are'} "
                        "not offered; Guidance still pulls toward the genre.")
 
     def _keys(self) -> list[str]:
@@ -447,7 +467,7 @@ class Studio:
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = 0, variations: int = 1,
                  constrained: bool = True, key: str | None = None, density: Any = None, polyphony: Any = None,
                  pitch_low: Any = None, pitch_high: Any = None, guidance: float | None = None,
-                 timing: str | None = None) -> Settings:
+                 timing: str | None = None, repetition: Any = None) -> Settings:
         """Raw widget values -> Settings; out-of-range values are clamped, unknown names refused, and so are the
         instruments the model never learned (it would write silence for them). Controls ("any" or None: not set)
         are checked by the tokenizer (`control_ids`): a value it refuses is its message, titled by the field."""
@@ -485,6 +505,14 @@ class Studio:
                 self.tokenizer.control_ids({"timing": timing})
             except ValueError as e:
                 raise user_error(str(e), title=CONTROL_LABELS["timing"]) from None
+        repetition = None if repetition in (None, "", AUTO) else _control_value(repetition)
+        if repetition is not None:
+            if "repetition" not in self.control_names:
+                raise user_error(self.controls_note, title=CONTROL_LABELS["repetition"])
+            try:
+                self.tokenizer.control_ids({"repetition": repetition})
+            except ValueError as e:
+                raise user_error(str(e), title=CONTROL_LABELS["repetition"]) from None
         guidance = float(guidance) if guidance not in (None, "") else None
         seed = -1 if seed is None else int(seed)
         return Settings(
@@ -496,7 +524,8 @@ class Studio:
             seed=seed if seed >= 0 else secrets.randbelow(2**31),
             variations=int(min(max(int(variations or 1), 1), MAX_VARIATIONS)), constrained=bool(constrained),
             key=key, density=density, polyphony=polyphony, pitch_range=pitch_range,
-            guidance_scale=None if guidance in (None, 0.0, 1.0) else guidance, timing=timing)
+            guidance_scale=None if guidance in (None, 0.0, 1.0) else guidance, timing=timing,
+            repetition=None if repetition is None else float(repetition))
 
     def programs_named(self, names: Sequence[str] | str | None, field_name: str) -> list[int]:
         """The programs of instrument names a visitor chose; unknown ones are refused, and so are those the model
@@ -1129,6 +1158,9 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                              visible="timing" in studio.control_names,
                                              info="Written: notes on the beat grid, so bars can repeat exactly; "
                                                   "played: expressive timing.")
+                        repetition = gr.Dropdown(REPETITION_CHOICES, value=AUTO, label="Repeats", scale=1,
+                                                 visible="repetition" in studio.control_names,
+                                                 info="The share of bars that repeat an earlier bar note for note.")
                     has = set(studio.control_names)
                     with gr.Row(visible=bool(has - {"key"})):
                         density = gr.Dropdown([ANY, *DENSITY_CHOICES], value=ANY, label="Notes per bar",
@@ -1221,7 +1253,8 @@ def build_demo(studio: Studio) -> gr.Blocks:
                 timeline = gr.Markdown("", label="History")
 
         settings_inputs = [genre, instruments, key, tempo, time_signature, length, temperature, top_k, top_p, seed,
-                           variations, constrained, density, polyphony, pitch_low, pitch_high, guidance, timing]
+                           variations, constrained, density, polyphony, pitch_low, pitch_high, guidance, timing,
+                           repetition]
         for choice in (example, bars, bar_from, bar_to, parts, new_part, *settings_inputs):
             naming_the_field(choice)
         slot_outputs = [c for slot in slots for c in slot]
@@ -1339,13 +1372,12 @@ def build_demo(studio: Studio) -> gr.Blocks:
         @reporting_errors
         def on_generate(hist, prompt_source, prompt_bars, genre, instruments, key, tempo, time_signature, length,
                         temperature, top_k, top_p, seed, variations, constrained, density=ANY, polyphony=ANY,
-                        pitch_low=ANY, pitch_high=ANY, guidance=1.0, timing=AUTO, midi_file=None,
-                        corpus_example=None,
-                        request: gr.Request = None):
+                        pitch_low=ANY, pitch_high=ANY, guidance=1.0, timing=AUTO, repetition=AUTO, midi_file=None,
+                        corpus_example=None, request: gr.Request = None):
             """Generate variations from a new piece, an uploaded MIDI file or a corpus example."""
             settings = studio.settings(genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
                                        seed, variations, constrained, key, density, polyphony, pitch_low,
-                                       pitch_high, guidance, timing)
+                                       pitch_high, guidance, timing, repetition)
             prompt = (prompt_source, midi_file, corpus_example, prompt_bars)
             studio.read_prompt(*prompt)  # fail fast on a bad upload, before the thread starts
             yield from run(lambda tracker, notify: studio.generate(hist, *prompt, settings, tracker, notify),
@@ -1354,11 +1386,11 @@ def build_demo(studio: Studio) -> gr.Blocks:
         @reporting_errors
         def on_continue(hist, variation, genre, instruments, key, tempo, time_signature, length, temperature, top_k,
                         top_p, seed, variations, constrained, density=ANY, polyphony=ANY, pitch_low=ANY,
-                        pitch_high=ANY, guidance=1.0, timing=AUTO, request: gr.Request = None):
+                        pitch_high=ANY, guidance=1.0, timing=AUTO, repetition=AUTO, request: gr.Request = None):
             """Continue one variation of the last result (the whole piece is the prompt)."""
             settings = studio.settings(genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
                                        seed, variations, constrained, key, density, polyphony, pitch_low,
-                                       pitch_high, guidance, timing)
+                                       pitch_high, guidance, timing, repetition)
             studio.current_piece(hist, int(variation or 1))
             yield from run(lambda tracker, notify: studio.continue_piece(hist, int(variation or 1), settings,
                                                                          tracker, notify),
@@ -1368,12 +1400,12 @@ def build_demo(studio: Studio) -> gr.Blocks:
         def on_regenerate(hist, variation, from_bar, to_bar, parts, genre, instruments, key, tempo, time_signature,
                           length, temperature, top_k, top_p, seed, variations, constrained, density=ANY,
                           polyphony=ANY, pitch_low=ANY, pitch_high=ANY, guidance=1.0, timing=AUTO,
-                          request: gr.Request = None):
+                          repetition=AUTO, request: gr.Request = None):
             """Write bars from_bar to to_bar (not included; bars count from 0) of a variation of the last result
             anew, only the notes of `parts` there when some are chosen; everything else stays note for note."""
             settings = studio.settings(genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
                                        seed, variations, constrained, key, density, polyphony, pitch_low,
-                                       pitch_high, guidance, timing)
+                                       pitch_high, guidance, timing, repetition)
             studio.current_piece(hist, int(variation or 1))
             yield from run(lambda tracker, notify: studio.regenerate_bars(hist, int(variation or 1), from_bar,
                                                                           to_bar, parts, settings, tracker, notify),
@@ -1382,12 +1414,13 @@ def build_demo(studio: Studio) -> gr.Blocks:
         @reporting_errors
         def on_add_part(hist, variation, new_part, genre, instruments, key, tempo, time_signature, length,
                         temperature, top_k, top_p, seed, variations, constrained, density=ANY, polyphony=ANY,
-                        pitch_low=ANY, pitch_high=ANY, guidance=1.0, timing=AUTO, request: gr.Request = None):
+                        pitch_low=ANY, pitch_high=ANY, guidance=1.0, timing=AUTO, repetition=AUTO,
+                        request: gr.Request = None):
             """Add a part for an instrument the model learned to a variation of the last result; every given note
             stays."""
             settings = studio.settings(genre, instruments, tempo, time_signature, length, temperature, top_k, top_p,
                                        seed, variations, constrained, key, density, polyphony, pitch_low,
-                                       pitch_high, guidance, timing)
+                                       pitch_high, guidance, timing, repetition)
             studio.current_piece(hist, int(variation or 1))
             yield from run(lambda tracker, notify: studio.add_part(hist, int(variation or 1), new_part, settings,
                                                                    tracker, notify),

@@ -30,7 +30,7 @@ from music_hf.evaluation import (ACCOMPANIMENT_PROGRAMS, CONTROL_BINS, accompani
 from music_hf.generation import cut_bars
 from music_hf.quality import composition_quality, composition_section
 from music_hf.reports import Report
-from music_hf.tokenization_music import CONTROL_NAMES, MusicTokenizer
+from music_hf.tokenization_music import CONTROL_NAMES, REPETITION_EDGES, MusicTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 C_MAJOR_CHORALE = "bach/bwv130.6"  # music21's key analysis: C major, no accidentals in the key signature
@@ -228,8 +228,11 @@ def test_control_bins_match_values_in_the_same_token_bin(tokenizer):
     assert control_bin(tokenizer, "polyphony", 1.2) == control_bin(tokenizer, "polyphony", 1.0)
     assert control_bin(tokenizer, "pitch_range", (60, 72)) == control_bin(tokenizer, "pitch_range", (71, 83)) \
         != control_bin(tokenizer, "pitch_range", (59, 83))
+    assert control_bin(tokenizer, "repetition", 0.0) == control_bin(tokenizer, "repetition", 0.04) \
+        != control_bin(tokenizer, "repetition", 0.05)
     assert control_bin(tokenizer, "key", None) is None
     assert CONTROL_BINS["key"] == 24 and CONTROL_BINS["polyphony"] == 6 and CONTROL_BINS["pitch_range"] == 55
+    assert CONTROL_BINS["repetition"] == 4
 
 
 def test_composition_measure_counts_density_over_the_bars_before_the_last(tokenizer, real_midi_paths):
@@ -237,9 +240,14 @@ def test_composition_measure_counts_density_over_the_bars_before_the_last(tokeni
     cut = ids[: len(cut_bars(tokenizer, ids, 5)) + 3]  # five whole bars and the start of a sixth
     assert composition_measure(tokenizer, cut)["density"] == pytest.approx(notes_per_bar(cut_bars(tokenizer, ids, 5),
                                                                                           tokenizer))
+    # the repetition too (a cut last bar is rarely a whole repeat)
+    fiddle = tokenizer.encode_score(real_midi_paths[5])  # a reel: its bars repeat
+    reel = fiddle[: len(cut_bars(tokenizer, fiddle, 12)) + 6]
+    measured = composition_measure(tokenizer, reel)["repetition"]
+    assert measured == tokenizer.measure_controls(cut_bars(tokenizer, fiddle, 12))["repetition"] > 0
     whole = tokenizer.measure_controls(cut)
-    assert {k: v for k, v in composition_measure(tokenizer, cut).items() if k != "density"} == \
-        {k: v for k, v in whole.items() if k != "density"}
+    assert {k: v for k, v in composition_measure(tokenizer, cut).items() if k not in ("density", "repetition")} == \
+        {k: v for k, v in whole.items() if k not in ("density", "repetition")}
 
 
 def test_control_adherence_is_measured_with_and_without_guidance_against_chance(references, one_thread):
@@ -251,8 +259,10 @@ def test_control_adherence_is_measured_with_and_without_guidance_against_chance(
     openings = [composition_measure(tok, ref[1:-1][:40]) for ref in references]
     for name, e in r["controls"].items():
         values = [m[name] for m in openings if m[name] is not None]
-        # the requests are the held-out openings' own values, in turn (timing: both styles in turn)
-        requested = ["score", "performed", "score"] if name == "timing" else values[:3]
+        # the requests are the held-out openings' own values, in turn (timing: both styles in turn; repetition: its
+        # bins in turn, each by its lower edge)
+        requested = (["score", "performed", "score"] if name == "timing" else list(REPETITION_EDGES[:3])
+                     if name == "repetition" else values[:3])
         assert e["n"] == 3 and [p["requested"] for p in e["pieces"]] == requested
         bins = [control_bin(tok, name, v) for v in values]
         asked = [control_bin(tok, name, v) for v in requested]
@@ -267,8 +277,12 @@ def test_control_adherence_is_measured_with_and_without_guidance_against_chance(
     # one piece as the whole held-out set: every request is in its own bin, chance 1
     same = control_adherence(model, tok, references[:1], samples=2, max_new_tokens=24, guidance_scale=None, **SAMPLING)
     assert same["guidance_scale"] is None
-    assert all(e["chance"] == (0.5 if name == "timing" else 1.0) and set(e["adherence"]) == {"unguided"}
-               for name, e in same["controls"].items())  # timing: "performed", asked second, is not the piece's
+    own = composition_measure(tok, references[0][1:-1][:24])["repetition"]
+    own_bin = control_bin(tok, "repetition", own)
+    chances = {"timing": 0.5,  # "performed", asked second, is not the piece's
+               "repetition": np.mean([control_bin(tok, "repetition", v) == own_bin for v in REPETITION_EDGES[:2]])}
+    assert all(e["chance"] == chances.get(name, 1.0) and set(e["adherence"]) == {"unguided"}
+               for name, e in same["controls"].items())
 
 
 def test_infill_quality_nll_both_sides_vs_left_side_exact_bars_and_no_grammar_errors(references, one_thread):

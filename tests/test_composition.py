@@ -168,7 +168,8 @@ def test_infill_in_the_spm_layout_of_a_model_trained_with_it(tok, excerpts, real
         placeholders = prompt[first:at].index(next(t for t in prompt[first:at] if t != infill["bar"])) \
             if any(t != infill["bar"] for t in prompt[first:at]) else at - first
         prefix = prompt[at + 1:]
-        assert prompt[:first] == [tok.bos_token_id] + tok.control_ids({"timing": "score"})  # the piece's timing
+        own = {"timing": "score", "repetition": tok.measure_controls(original)["repetition"]}
+        assert prompt[:first] == [tok.bos_token_id] + tok.control_ids(own)  # the piece's timing and repeats
         # the prefix is the piece's bars right before the gap (a windowed one restates the tempo in force)
         no_tempo = set(tok.kind_ids("Tempo").tolist())
         plain = [t for t in prefix if t not in no_tempo]
@@ -293,13 +294,14 @@ def test_bad_input_is_a_clear_error(tok, model, excerpts, real_midi_paths, tmp_p
     with pytest.raises(ValueError, match=r"unknown control 'mood'"):
         generate_music(model, tok, controls={"mood": "sad"})
     with pytest.raises(ValueError, match=r"guidance_scale needs something to guide toward"):
-        generate_music(model, tok, guidance_scale=2.0, max_new_tokens=4, controls={"timing": None})
+        generate_music(model, tok, guidance_scale=2.0, max_new_tokens=4, controls={"timing": None,
+                                                                                   "repetition": None})
     with pytest.raises(ValueError, match=r"REMI tokens; this tokenizer is TSD"):
         infill_music(model, MusicTokenizer(tokenization="TSD"), path, bars=(0, 1))
     old = MusicTokenizer(miditok_config={"special_tokens": ["PAD", "BOS", "EOS", "MASK"]})
     with pytest.raises(ValueError, match=r"without the composition tokens"):
         accompany(tiny_model(old), old, path, 40)
-    with pytest.raises(ValueError, match=r"the model's vocabulary has 510 ids, the tokenizer's 574"):
+    with pytest.raises(ValueError, match=r"the model's vocabulary has 510 ids, the tokenizer's 578"):
         accompany(tiny_model(old), tok, path, 40)
     with pytest.raises(ValueError, match=r"writes one piece per call"):
         accompany(model, tok, path, 40, num_return_sequences=2)

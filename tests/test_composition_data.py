@@ -191,7 +191,7 @@ def test_measured_controls_match_the_decoded_notes(tok, piece_ids, windows):
         checked += 1
     assert checked > 10
     assert tok.measure_controls([]) == {"key": None, "density": 0.0, "polyphony": None, "pitch_range": None,
-                                        "timing": None, "tempo": None}
+                                        "timing": None, "repetition": None, "tempo": None}
 
 
 def test_measured_key_agrees_with_music21(tok, piece_ids, real_midi_paths):
@@ -228,10 +228,10 @@ def test_control_prefix_matches_the_measured_window(tok, windows):
         for window, row in zip(windows, rows):
             measured = tok.measure_controls(window)
             expected = tok.control_ids({name: measured[name] for name in CONTROL_NAMES})
-            assert prefix_controls(tok, row) == expected and len(expected) == 6  # pitch_range: two
+            assert prefix_controls(tok, row) == expected and len(expected) == 7  # pitch_range: two
             at = 1 if window[0] == tok.bos_token_id else 0
-            assert row[:at] == window[:at] and row[at:at + 6] == expected  # after BOS, else first
-            body = row[:at] + row[at + 6:]
+            assert row[:at] == window[:at] and row[at:at + 7] == expected  # after BOS, else first
+            body = row[:at] + row[at + 7:]
             if fim_rate:
                 assert body.count(tok.infill_ids["start"]) == 1
             else:
@@ -252,7 +252,7 @@ def test_dropout_rates_are_respected_and_independent(tok, windows):
         for j, row in enumerate(rows):
             groups = [int(table.control[t]) for t in prefix_controls(tok, row)]
             assert groups == sorted(groups) and (3 in groups) == (4 in groups)  # in order; low and high together
-            kept[b + j] = [g in groups for g in (0, 1, 2, 3, 5)]  # key, density, polyphony, pitch range, timing
+            kept[b + j] = [g in groups for g in (0, 1, 2, 3, 5, 6)]  # key ... pitch range, timing, repetition
             fims += tok.infill_ids["start"] in row
 
     def within(count: float, p: float) -> bool:  # four standard deviations of a binomial(n, p)

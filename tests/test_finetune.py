@@ -128,8 +128,8 @@ def test_a_tokenizer_that_does_not_match_the_model_is_refused(base_dir, midi_dir
     other.add_tokens(["<extra>"])
     other.save_pretrained(tmp_path / "tok")
     cfg = finetune_config(base_dir, midi_dir, tokenizer_path=str(tmp_path / "tok"))
-    with pytest.raises(ValueError, match=rf"tokenizer_path {tmp_path / 'tok'} has 575 ids but the model in "
-                                         rf"init_from {base_dir} has vocab_size 574"):
+    with pytest.raises(ValueError, match=rf"tokenizer_path {tmp_path / 'tok'} has 579 ids but the model in "
+                                         rf"init_from {base_dir} has vocab_size 578"):
         load_init_model(cfg, MusicTokenizer.from_pretrained(tmp_path / "tok"), BASE_GENRES)
 
 

@@ -28,7 +28,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 import music_hf
 from music_hf import MusicConfig, MusicForCausalLM, MusicForSequenceClassification, MusicTokenizer
 from music_hf.data import MusicDataCollator, make_windows, pieces_from_entries, tokenize_pieces
-from music_hf.generation import cut_bars
+from music_hf.generation import cut_bars, default_repetition
 from music_hf.pipelines import MusicGenerationPipeline
 
 GENRES = ["chorale", "renaissance", "piano", "folk"]
@@ -293,8 +293,12 @@ def test_pipeline_continues_a_prompt_given_as_path_bytes_or_score(pipe, real_mid
         assert all(t >= last_prompt_onset for t, *_ in (got - expected)), "new notes start before the prompt ends"
     ids = pipe(str(path), prompt_bars=2, max_new_tokens=16, seed=2, return_type="ids")[0]["token_ids"]
     prompt_ids = cut_bars(tok, tok.encode_score(path), 2)
-    # BOS, the prompt's timing (generate_music's default: the chorale is written on the grid), the prompt
-    assert ids[: 2 + len(prompt_ids)] == [tok.bos_token_id, *tok.control_ids({"timing": "score"}), *prompt_ids]
+    # BOS, the prompt's timing (generate_music's default: the chorale is written on the grid), the repetition (two
+    # bars say too little: the model's most likely one after BOS and the timing), the prompt; each control once
+    head = [tok.bos_token_id, *tok.control_ids({"timing": "score"})]
+    repetition = default_repetition(pipe.model, tok, None, prompt_ids, head)
+    assert len(repetition) == 1 and tok.convert_ids_to_tokens(repetition[0]).startswith("Repetition_")
+    assert ids[: 3 + len(prompt_ids)] == [*head, *repetition, *prompt_ids]
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

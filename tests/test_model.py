@@ -589,7 +589,7 @@ def test_tiny_model_overfits_real_pieces_and_generates_music(tokenizer, piece_id
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     gen = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(150):
+    for _ in range(250):  # (150 left one initialisation in eight a token off the piece, and greedy then drifts)
         pick = torch.randint(0, len(data), (8,), generator=gen)
         loss = model(data[pick], labels=data[pick], genre_ids=genre_data[pick]).loss
         optimizer.zero_grad()

@@ -397,7 +397,7 @@ def test_a_prompt_cut_to_fit_the_context_is_said(app, corpus_dir, chorale_midi, 
     assert len(prompt) > 160
     step = studio.generate([], "upload", chorale_midi, bars=8, settings=quick(studio, max_new_tokens=100))[-1]
     message = app.step_message(step)
-    assert f"it saw only the last 58 of the prompt's {len(prompt)}" in message  # 160 - BOS - timing - 100 new
+    assert f"it saw only the last 57 of the prompt's {len(prompt)}" in message  # 160 - BOS - timing - repeats - 100
     assert "keep fewer bars" in message
     step = studio.generate([], "upload", chorale_midi, bars=1, settings=quick(studio, max_new_tokens=48))[-1]
     assert step["warnings"] == [] and "⚠️" not in app.step_message(step)
@@ -551,12 +551,13 @@ def test_controls_and_guidance_reach_the_library(quiet_studio, app, chorale_midi
     monkeypatch.setattr(app, "infill_piece", spy("infill"))
     monkeypatch.setattr(app, "accompany_piece", spy("accompany"))
     settings = quick(quiet_studio, key="D minor", density="8", polyphony="3", pitch_low="48", pitch_high="83",
-                     guidance=2.0, timing="score")
-    wanted = {"key": "D minor", "density": 8, "polyphony": 3, "pitch_range": (48, 83), "timing": "score"}
+                     guidance=2.0, timing="score", repetition="0.2")
+    wanted = {"key": "D minor", "density": 8, "polyphony": 3, "pitch_range": (48, 83), "timing": "score",
+              "repetition": 0.2}
     history = quiet_studio.generate([], "upload", chorale_midi, bars=1, settings=settings)
     assert calls["generate"]["controls"] == wanted and calls["generate"]["guidance_scale"] == 2.0
-    assert "D minor · 8 notes per bar · 3 at once · pitches C3–B5 · written timing · guidance 2" in \
-        history[-1]["label"]
+    assert "D minor · 8 notes per bar · 3 at once · pitches C3–B5 · written timing · repeats: some (20-40 %) · " \
+        "guidance 2" in history[-1]["label"]
     for name, action in (("infill", lambda: quiet_studio.regenerate_bars(history, 1, 0, 1, settings=settings)),
                          ("accompany", lambda: quiet_studio.add_part(history, 1, "Choir Aahs", settings))):
         with pytest.raises(Called):
@@ -566,9 +567,17 @@ def test_controls_and_guidance_reach_the_library(quiet_studio, app, chorale_midi
     # "any" leaves a control out (timing "auto": the prompt's, as the library does); guidance 1 or 0 is off
     for off in (1, 0):
         s = quick(quiet_studio, density="any", polyphony=None, pitch_low="any", pitch_high="any", guidance=off,
-                  timing="auto")
-        assert s.controls is None and s.guidance_scale is None and s.timing is None
+                  timing="auto", repetition="auto")
+        assert s.controls is None and s.guidance_scale is None and s.timing is None and s.repetition is None
     assert quick(quiet_studio, timing="performed").controls == {"timing": "performed"}
+    # every Repeats choice is a Repetition bin of its own, by its lower edge; "none" is 0
+    choices = [value for _, value in app.REPETITION_CHOICES[1:]]
+    assert [quick(quiet_studio, repetition=v).controls for v in choices[:2]] == [{"repetition": 0.0},
+                                                                                 {"repetition": 0.05}]
+    assert [quiet_studio.tokenizer.control_ids({"repetition": float(v)}) for v in choices] == \
+        [[quiet_studio.tokenizer.convert_tokens_to_ids(f"Repetition_{k}")] for k in range(4)]
+    assert [label for label, _ in app.REPETITION_CHOICES[1:]] == ["none (<5 %)", "few (5-20 %)", "some (20-40 %)",
+                                                                    "many (40 % or more)"]
     # what the tokenizer refuses is its message, titled by the field
     for values, title, message in [
         (dict(density="-3"), "Notes per bar", "density must be a number of notes per bar >= 0, got -3"),
@@ -576,6 +585,8 @@ def test_controls_and_guidance_reach_the_library(quiet_studio, app, chorale_midi
         (dict(pitch_low="90", pitch_high="60"), "Pitch range", "low <= high; got (90, 60)"),
         (dict(pitch_low="48"), "Pitch range", "Set both the lowest and the highest pitch"),
         (dict(timing="swing"), "Timing", "timing must be one of 'score', 'performed'"),
+        (dict(repetition="lots"), "Repeats", "repetition must be a share of repeated bars, a number from 0 to 1"),
+        (dict(repetition="1.5"), "Repeats", "repetition must be a share of repeated bars, a number from 0 to 1"),
     ]:
         with pytest.raises(gr.Error) as err:
             quick(quiet_studio, **values)
@@ -650,7 +661,7 @@ def test_a_model_without_control_tokens_hides_them_and_says_so(app, corpus_dir, 
     assert "no control tokens" in studio.controls_note and "without the composition tokens" in \
         studio.composition_note
     demo = app.build_demo(studio)
-    for label in ("Key", "Timing", "Notes per bar", "Notes at once", "Lowest pitch", "Highest pitch"):
+    for label in ("Key", "Timing", "Repeats", "Notes per bar", "Notes at once", "Lowest pitch", "Highest pitch"):
         assert component(demo, label).visible is False, label
     assert component(demo, "Guidance (1 or 0 = off)").visible is not False  # guidance toward the genre still works
     notes = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown) and isinstance(b.value, str)]
@@ -662,6 +673,9 @@ def test_a_model_without_control_tokens_hides_them_and_says_so(app, corpus_dir, 
     with pytest.raises(gr.Error, match="no control tokens") as err:
         studio.settings(timing="score")
     assert err.value.title == "Timing"
+    with pytest.raises(gr.Error, match="no control tokens") as err:
+        studio.settings(repetition="0.2")
+    assert err.value.title == "Repeats"
     studio.audio_ok = False
     with pytest.raises(gr.Error, match="guidance_scale needs something to guide toward") as err:
         studio.generate([], "new", settings=studio.settings(genre="unknown", guidance=3, max_new_tokens=8))
@@ -669,6 +683,25 @@ def test_a_model_without_control_tokens_hides_them_and_says_so(app, corpus_dir, 
     history = studio.generate([], "new", settings=studio.settings(genre="chorale", max_new_tokens=8, seed=0))
     with pytest.raises(gr.Error, match="unavailable with this model"):
         studio.regenerate_bars(history, 1, 0, 1, settings=studio.settings(genre="chorale"))
+
+
+def test_a_model_made_before_the_repetition_control_offers_the_others(app, corpus_dir, tmp_path):
+    """As the shipped model (saved with the timing control, before repetition): no Repeats, the rest offered."""
+    from music_hf import MusicTokenizer
+    from music_hf.tokenization_music import COMPOSITION_TOKENS
+
+    specials = ["PAD", "BOS", "EOS", "MASK", *(t for t in COMPOSITION_TOKENS if not t.startswith("Repetition_"))]
+    before = MusicTokenizer(miditok_config={"special_tokens": specials})
+    studio = app.Studio(save_tiny_model(tmp_path / "before", tokenizer=before), corpus_dir=corpus_dir,
+                        output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
+    assert studio.control_names == ["key", "density", "polyphony", "pitch_range", "timing"]
+    assert "no control tokens for repeats" in studio.controls_note and "that control is not offered" in \
+        studio.controls_note
+    demo = app.build_demo(studio)
+    assert component(demo, "Repeats").visible is False and component(demo, "Timing").visible is not False
+    with pytest.raises(gr.Error, match="no control tokens for repeats") as err:
+        studio.settings(repetition="0.2")
+    assert err.value.title == "Repeats"
 
 
 # ----- the app served on localhost -----------------------------------------------------------------------

@@ -26,13 +26,15 @@ from music_hf import MusicConfig, MusicForCausalLM, MusicTokenizer
 from music_hf.composition import accompany_piece, infill_piece
 from music_hf.data import AugmentationConfig, MusicDataCollator, TokenAugmenter, window_starts
 from music_hf.generation import MIN_TIMING_NOTES, default_timing, generate_music
-from music_hf.tokenization_music import (COMPOSITION_TOKENS, CONTROL_NAMES, KIND_INDEX, TIMING_OFF_GRID,
-                                        TIMING_STYLES)
+from music_hf.tokenization_music import (COMPOSITION_TOKENS, CONTROL_NAMES, KIND_INDEX, REPETITION_EDGES,
+                                        TIMING_OFF_GRID, TIMING_STYLES)
 from music_hf.training import TrainConfig, load_init_model, remap_vocabulary
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 NOISE = AugmentationConfig(position_jitter=1, duration_jitter=1)
-OLD_SPECIALS = ["PAD", "BOS", "EOS", "MASK", *(t for t in COMPOSITION_TOKENS if not t.startswith("Timing_"))]
+# (the repetition control came after the timing control: a tokenizer saved before timing lacks both)
+OLD_SPECIALS = ["PAD", "BOS", "EOS", "MASK", *(t for t in COMPOSITION_TOKENS
+                                               if not t.startswith(("Timing_", "Repetition_")))]
 SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
              embedding_dropout=0.0, hidden_dropout=0.0, attention_dropout=0.0)
 
@@ -93,7 +95,7 @@ def test_timing_is_measured_on_the_onsets(tok, windows):
     assert tok.measure_controls([])["timing"] is None
     names = tok.convert_ids_to_tokens(tok.control_ids({"timing": "performed", "key": "D minor"}))
     assert names == ["Key_Dmin", "Timing_performed"]  # CONTROL_NAMES order: timing last
-    assert CONTROL_NAMES[-1] == "timing" and tok.control_names == CONTROL_NAMES
+    assert CONTROL_NAMES[-2:] == ("timing", "repetition") and tok.control_names == CONTROL_NAMES
     with pytest.raises(ValueError, match=r"timing must be one of 'score', 'performed' .*; got 'swing'"):
         tok.control_ids({"timing": "swing"})
 
@@ -125,7 +127,8 @@ def test_timing_noise_is_the_chance_of_jittered_timing(tok, windows):
 
 
 def test_collator_measures_timing_where_the_vocabulary_has_it(tok, old_tok, windows):
-    """The control prefix ends with the window's measured timing; an older vocabulary gets the other controls."""
+    """The control prefix ends with the window's measured timing (then its repetition); an older vocabulary gets the
+    other controls."""
     augmenter = TokenAugmenter(tok, AugmentationConfig(position_jitter=1, duration_jitter=1, timing_noise=0.5))
     collator = MusicDataCollator(tok.pad_token_id, augmenter, tokenizer=tok, control_dropout=0.0, seed=4)
     batch = collator([{"input_ids": [tok.bos_token_id] + w, "idx": i} for i, w in enumerate(windows)])
@@ -134,14 +137,14 @@ def test_collator_measures_timing_where_the_vocabulary_has_it(tok, old_tok, wind
         row = row[mask.bool()].tolist()
         timing = row[6]  # BOS, key, density, polyphony, pitch low and high, timing
         assert tok.token_table.kind[timing] == KIND_INDEX["Control"]
-        played = [i for i in row[7:]]
+        played = row[8:]  # (row[7]: the repetition)
         assert tok.convert_ids_to_tokens(timing) == f"Timing_{tok.measure_controls(played)['timing']}"
         seen.add(timing)
     assert len(seen) == 2  # both styles occur at timing_noise 0.5
     old = MusicDataCollator(old_tok.pad_token_id, tokenizer=old_tok, control_dropout=0.0)
-    ids = old_tok.encode_score(old_tok.decode_midi(windows[0]))[:200]
+    ids = old_tok.encode_score(tok.decode_midi(windows[0]))[:200]  # the same music in the old vocabulary
     row = old([{"input_ids": [old_tok.bos_token_id] + ids}])["input_ids"][0].tolist()
-    assert row[6:] == ids and old_tok.control_names == CONTROL_NAMES[:-1]
+    assert row[6:] == ids and old_tok.control_names == CONTROL_NAMES[:-2]
 
 
 def test_with_composition_tokens_adds_the_missing_ones(tok, old_tok, tmp_path):
@@ -149,7 +152,7 @@ def test_with_composition_tokens_adds_the_missing_ones(tok, old_tok, tmp_path):
     with pytest.raises(ValueError, match="has no Timing token"):
         old_tok.control_ids({"timing": "score"})
     new = old_tok.with_composition_tokens()
-    assert new is not old_tok and len(new) == len(old_tok) + len(TIMING_STYLES)
+    assert new is not old_tok and len(new) == len(old_tok) + len(TIMING_STYLES) + len(REPETITION_EDGES)
     assert new.get_vocab() == tok.get_vocab()  # what a fresh tokenizer has
     assert set(old_tok.get_vocab()) < set(new.get_vocab()) and new.control_names == CONTROL_NAMES
     assert tok.with_composition_tokens() is tok

@@ -93,7 +93,7 @@ def test_real_pieces_round_trip_as_miditok_alone_gives_them(case, real_midi_path
         assert int(tok.token_table.note_count[ids].sum()) == decoded.note_num()
 
 
-COMPOSITION_KINDS = ("Infill", "Key", "Density", "Polyphony", "PitchLow", "PitchHigh", "Timing")
+COMPOSITION_KINDS = ("Infill", "Key", "Density", "Polyphony", "PitchLow", "PitchHigh", "Timing", "Repetition")
 
 
 def test_the_table_matches_the_token_strings(case):

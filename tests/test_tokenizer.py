@@ -262,7 +262,8 @@ def test_music_attributes_follow_the_token_names(tokenizer):
         kind, _, value = token.partition("_")
         bar = kind == "Bar" or token == "Infill_Bar"  # a placeholder counts as a bar
         expected_kind = ("special" if kind in ("PAD", "BOS", "EOS", "MASK") else kind + value if kind == "Infill"
-                         else "Control" if kind in ("Key", "Density", "Polyphony", "PitchLow", "PitchHigh", "Timing")
+                         else "Control" if kind in ("Key", "Density", "Polyphony", "PitchLow", "PitchHigh", "Timing",
+                                                    "Repetition")
                          else kind)
         assert TOKEN_KINDS[tables["kind"][i]] == expected_kind, token
         assert tables["pitch"][i] == (int(value) if kind == "Pitch" else -1), token
@@ -292,16 +293,18 @@ def test_config_from_tokenizer_carries_the_tables(tokenizer):
 
 # ----- composition tokens (infilling, controls) -------------------------------------------------------------------
 def test_composition_tokens_follow_the_four_specials_and_keep_the_music_tokens(tokenizer, real_midi_paths, tmp_path):
-    tokens = tokenizer.convert_ids_to_tokens(list(range(4 + 64)))
+    tokens = tokenizer.convert_ids_to_tokens(list(range(4 + 68)))
     assert tokens[:7] == ["PAD_None", "BOS_None", "EOS_None", "MASK_None", "Infill_Bar", "Infill_Start", "Infill_End"]
     groups = Counter(t.partition("_")[0] for t in tokens[7:])
-    assert groups == {"Key": 24, "Density": 9, "Polyphony": 6, "PitchLow": 10, "PitchHigh": 10, "Timing": 2}
+    assert groups == {"Key": 24, "Density": 9, "Polyphony": 6, "PitchLow": 10, "PitchHigh": 10, "Timing": 2,
+                      "Repetition": 4}
     assert tokens[7:9] == ["Key_Cmaj", "Key_C#maj"] and "Key_F#min" in tokens and tokens[66 - 1] == "PitchHigh_9"
     assert tokens[66:68] == ["Timing_score", "Timing_performed"]
+    assert tokens[68:72] == ["Repetition_0", "Repetition_1", "Repetition_2", "Repetition_3"]
     assert tokenizer.infill_ids == {"bar": 4, "start": 5, "end": 6}
     # a tokenizer saved with the four specials only (as before) loads its own vocabulary and names what it lacks
     old = MusicTokenizer(miditok_config={"special_tokens": ["PAD", "BOS", "EOS", "MASK"]})
-    assert old.vocab_size == tokenizer.vocab_size - 64
+    assert old.vocab_size == tokenizer.vocab_size - 68
     old.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     del config["miditok_config"]  # as the old code saved it: the vocabulary is the folder's miditok_config.json
@@ -313,9 +316,9 @@ def test_composition_tokens_follow_the_four_specials_and_keep_the_music_tokens(t
         loaded.infill_ids
     with pytest.raises(ValueError, match="no Key token"):
         loaded.control_ids({"key": "D minor"})
-    # the music tokens keep their order and meaning, shifted by the 64 new ids
+    # the music tokens keep their order and meaning, shifted by the 68 new ids
     new_vocab, old_vocab = tokenizer.get_vocab(), old.get_vocab()
-    assert all(new_vocab[t] == i + 64 for t, i in old_vocab.items() if i >= 4)
+    assert all(new_vocab[t] == i + 68 for t, i in old_vocab.items() if i >= 4)
 
 
 def test_control_ids_accept_user_values_and_name_what_is_accepted(tokenizer):
