@@ -188,11 +188,27 @@ class MusicGrammarLogitsProcessor(LogitsProcessor):
         values, counts = self._state_for(input_ids)
         return self._mask_from(input_ids[:, -1], values, counts)
 
+    def _lists(self) -> tuple[list[int], list[int]]:
+        """`row_of_id` and `program_class` as Python lists (kept), for a one-row mask's index arithmetic."""
+        kept = self.__dict__.get("_row_lists")
+        if kept is None:
+            kept = self.__dict__["_row_lists"] = (self.row_of_id.tolist(), self.program_class.tolist())
+        return kept
+
     def _mask_from(self, last: torch.Tensor, values: torch.Tensor, counts: torch.Tensor | None) -> torch.Tensor:
         """(B, V) bool: the mask after rows ending in `last` with that state (`values` (B, 3): program, position low
         bound, bar length): the kind rule for the program in force (instruments play pitches, drums drum pitches; no
         restriction before the first Program; after EOS only EOS), positions forward inside the bar and inside the
         bar's length, notes closed only where sounding."""
+        if len(last) == 1 and counts is None:  # one row: its three table rows by Python index (views), one copy
+            program, low, length = values[0].tolist()
+            rows = self._lists()
+            mask = torch.bitwise_and(self.kind_program_rows[rows[0][int(last[0])] + rows[1][program + 1]],
+                                     self.ok_from_low[low])[None]
+            mask &= self.ok_below_length[length]
+            if self.eos_id is not None and not mask.any():  # never leave the row with nothing allowed
+                mask[0, self.eos_id] = True
+            return mask
         program = values[:, 0]
         mask = self.kind_program_rows[self.row_of_id[last] + self.program_class[program + 1]]  # (a copy)
         mask &= self.ok_from_low[values[:, 1]]
