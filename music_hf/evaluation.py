@@ -655,13 +655,38 @@ def infill_quality(model: Any, tokenizer: MusicTokenizer, references: Sequence[S
                          "other_tokens": (nll[side] - on_bars) / (tokens - bar_tokens) if tokens > bar_tokens
                          else float("nan")}
     return {"n": n, "samples": samples, "skipped": len(references) - len(usable), "max_gap": max_gap,
-            "order": getattr(model.config, "infill_order", "psm"),
+            "order": getattr(model.config, "infill_order", "psm"), **paired_comparison(cases, seed),
             "tokens": tokens, "bar_tokens": bar_tokens, "by_kind": by_kind,
             "nll_fim": nll["fim"] / tokens if tokens else float("nan"),
             "nll_left": nll["left"] / tokens if tokens else float("nan"),
             "fim_better": fim_better / n if n else float("nan"), "exact_bars": exact / n if n else float("nan"),
             "grammar_error_rate": grammar_error_rate(outputs, tokenizer) if outputs else float("nan"),
             "failures": failures, "cases": cases}
+
+
+def paired_comparison(cases: Sequence[Mapping[str, Any]], seed: int = 0, resamples: int = 2000) -> dict[str, Any]:
+    """How sure the infilling comparison is, gap by gap: `ratio` = the gaps' summed NLL given both sides over
+    given the left side only (all tokens; `ratio_music`: without the bar lines, which `infill_music` fixes), each
+    with a 95 % percentile bootstrap interval over the gaps (`ratio_ci`, `ratio_music_ci`; resampled with `seed`),
+    and `sign_p`: the one-sided sign-test p-value of "both sides lower in more gaps than chance" (ties count
+    against)."""
+    if not cases:
+        nan = float("nan")
+        return {"ratio": nan, "ratio_ci": [nan, nan], "ratio_music": nan, "ratio_music_ci": [nan, nan],
+                "sign_p": nan}
+    fim = np.array([c["nll_fim"] for c in cases])
+    left = np.array([c["nll_left"] for c in cases])
+    fim_music = fim - np.array([c["nll_fim_bar_tokens"] for c in cases])
+    left_music = left - np.array([c["nll_left_bar_tokens"] for c in cases])
+    picks = np.random.default_rng(seed).integers(0, len(cases), (resamples, len(cases)))
+    out: dict[str, Any] = {}
+    for key, a, b in (("ratio", fim, left), ("ratio_music", fim_music, left_music)):
+        boot = a[picks].sum(1) / b[picks].sum(1)
+        out[key] = float(a.sum() / b.sum())
+        out[key + "_ci"] = [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+    n, wins = len(cases), int((fim < left).sum())
+    out["sign_p"] = float(sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n)
+    return out
 
 
 def _notes(score: symusic.Score) -> Counter:

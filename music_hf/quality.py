@@ -40,7 +40,7 @@ from .configuration_music import MusicConfig
 from .data import AugmentationConfig, MusicDataCollator, TokenAugmenter
 from .evaluation import (ACCOMPANIMENT_PROGRAMS, COPY_THRESHOLD, GUIDANCE_SCALE, MUSIC_METRICS, BarIndex,
                          _music_body, accompaniment_quality, bar_notes, classification_scores, classify_genres,
-                         composition_unsupported, control_adherence, generate_per_genre, grammar_error_rate,
+                         composition_unsupported, control_adherence, fmt, generate_per_genre, grammar_error_rate,
                          histogram_distance, infill_quality, mean_finite, memorization, music_metrics,
                          notes_per_bar, pooled_pitch_class_histogram, train_genre_classifier)
 from .real_world import DEFAULT_REAL_WORLD_DIR, real_world_quality, real_world_section
@@ -452,6 +452,13 @@ def composition_section(report: Report, comp: dict[str, Any] | None) -> None:
                   "exact bars", "grammar errors", "failed calls"],
                  [[inf["n"], inf["tokens"], inf["nll_fim"], inf["nll_left"], inf["fim_better"], inf["exact_bars"],
                    inf["grammar_error_rate"], len(inf["failures"])]])
+    if "ratio_ci" in inf:
+        ci, music_ci = inf["ratio_ci"], inf["ratio_music_ci"]
+        report.text(f"How sure, gap by gap: the gaps' NLL given both sides over given the left side only is "
+                    f"{fmt(inf['ratio'])} (95 % bootstrap interval over the gaps {fmt(ci[0])} to {fmt(ci[1])}); "
+                    f"without the bar lines, which `infill_music` fixes, {fmt(inf['ratio_music'])} "
+                    f"({fmt(music_ci[0])} to {fmt(music_ci[1])}). Sign test of both sides lower in more gaps than "
+                    f"chance: one-sided p = {fmt(inf['sign_p'])}.")
     if inf.get("by_kind"):
         kinds = inf["by_kind"]
         report.text("The gap's tokens apart: its bar lines (the Bar token that opens each of its bars, where the "

@@ -285,6 +285,28 @@ def test_control_adherence_is_measured_with_and_without_guidance_against_chance(
                for name, e in same["controls"].items())
 
 
+def test_paired_comparison_ratio_bootstrap_interval_and_sign_test():
+    from music_hf.evaluation import paired_comparison
+
+    def case(fim, left, fim_bars=0.0, left_bars=0.0):
+        return {"nll_fim": fim, "nll_left": left, "nll_fim_bar_tokens": fim_bars, "nll_left_bar_tokens": left_bars}
+
+    # both sides lower in every one of 10 gaps: ratio 0.9, an interval around it, p = 1 / 2^10
+    cases = [case(9.0 + 0.1 * i, 10.0 + 0.1 * i * 10 / 9, 1.0, 0.5) for i in range(10)]
+    r = paired_comparison(cases, seed=0)
+    assert r["ratio"] == pytest.approx(sum(c["nll_fim"] for c in cases) / sum(c["nll_left"] for c in cases))
+    assert r["ratio_ci"][0] <= r["ratio"] <= r["ratio_ci"][1] < 1
+    assert r["ratio_music"] == pytest.approx(sum(c["nll_fim"] - 1.0 for c in cases)
+                                             / sum(c["nll_left"] - 0.5 for c in cases))
+    assert r["sign_p"] == pytest.approx(1 / 2 ** 10)
+    # a coin flip: half the gaps each way, the interval spans 1, p about one half or more; ties count against
+    mixed = [case(9.0, 10.0), case(10.0, 9.0)] * 5 + [case(5.0, 5.0)]
+    r = paired_comparison(mixed, seed=0)
+    assert r["ratio_ci"][0] < 1 < r["ratio_ci"][1] and r["sign_p"] > 0.5
+    assert paired_comparison(mixed, seed=0) == r  # seeded
+    assert math.isnan(paired_comparison([])["ratio"])
+
+
 def test_infill_quality_nll_both_sides_vs_left_side_exact_bars_and_no_grammar_errors(references, one_thread):
     import torch
 
@@ -300,6 +322,7 @@ def test_infill_quality_nll_both_sides_vs_left_side_exact_bars_and_no_grammar_er
         assert r[key] == pytest.approx(sum(c[key] for c in r["cases"]) / r["tokens"])
         assert 0 < r[key] < 2 * math.log(len(tok))  # an untrained model: about log(vocabulary) per token
     assert r["fim_better"] == pytest.approx(np.mean([c["nll_fim"] < c["nll_left"] for c in r["cases"]]))
+    assert r["ratio"] == pytest.approx(r["nll_fim"] / r["nll_left"]) and 0 <= r["sign_p"] <= 1
     # bar lines and the rest apart: one Bar per gap bar, and the two parts make up the whole
     assert r["bar_tokens"] == sum(c["gap"][1] - c["gap"][0] for c in r["cases"]) > 0
     for side in ("fim", "left"):
