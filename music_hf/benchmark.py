@@ -501,7 +501,11 @@ def bench_generation(tokenizer: MusicTokenizer, s: Settings, device: torch.devic
     if shipped is not None:  # the default model, as the Space and `music-hf generate` run it
         model, shipped_tokenizer = shipped
         results["real_time_shipped"] = bench_real_time(model, shipped_tokenizer, s, ["torch", *fast], generate_music)
-        results["int8_nll_shipped"] = bench_nll(model, shipped_tokenizer, s, ids, fast, sequence_nll)
+        # the same pieces in the shipped vocabulary (by token: a vocabulary saved before a control existed numbers
+        # the music tokens differently)
+        shipped_ids = [shipped_tokenizer.convert_tokens_to_ids(tokenizer.convert_ids_to_tokens(piece))
+                       for piece in (ids or [])]
+        results["int8_nll_shipped"] = bench_nll(model, shipped_tokenizer, s, shipped_ids, fast, sequence_nll)
     runs = [("music", "music", "torch"), ("gpt2", "gpt2", "torch")] + ([("onnx", "music", "onnx")] if "onnx" in fast
                                                                          else [])
     load = {"load_start": load_now()}
