@@ -17,6 +17,7 @@ most of a small model's step on a CPU (`music_hf.fast_inference` exports the sam
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable
 
@@ -198,6 +199,27 @@ class MusicRotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
 
+    def step_tables(self, positions: torch.Tensor, dtype: torch.dtype
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For a decoding step at `positions` (B,): (cos, sin with its first half negated, swap), each row (B, 1, dim)
+        looked up in tables `forward` computed for positions 0..n-1 (kept; n doubles when a position passes it), so
+        that `x * cos + x.index_select(-1, swap) * sin` is `apply_rotary`'s `x * cos + rotate_half(x) * sin`: the
+        same products (a negated factor instead of a negated product) and sums."""
+        kept = self.__dict__.get("_step_tables")
+        inv_freq = self.inv_freq
+        needed = int(positions.max()) + 1
+        if (kept is None or kept[0] is not inv_freq or kept[1] != inv_freq._version or kept[2] != dtype
+                or kept[3].shape[0] < needed):
+            n = max(needed, 2 * kept[3].shape[0] if kept is not None else 1024)
+            ids = torch.arange(n, device=inv_freq.device)[None]
+            cos, sin = self.forward(torch.empty(0, dtype=dtype, device=inv_freq.device), ids)
+            half = self.dim // 2
+            sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
+            swap = torch.cat([torch.arange(half, self.dim), torch.arange(half)]).to(inv_freq.device)
+            kept = (inv_freq, inv_freq._version, dtype, cos[0], sin, swap)
+            self.__dict__["_step_tables"] = kept
+        return kept[3][positions, None], kept[4][positions, None], kept[5]
+
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
@@ -319,9 +341,6 @@ def _norm_step(norm: MaskedNorm, x: torch.Tensor) -> torch.Tensor:
     return inner.forward(x) if norm.kind == "rmsnorm" else inner.forward(x, None)
 
 
-_BYPASSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (its cache, modules to check)
-
-
 def _unhooked(modules: list[nn.Module]) -> bool:
     """True when calling these modules' forwards directly skips nothing: no forward hooks (other than transformers'
     output capturing, which records nothing unless outputs are requested), no replaced forward (accelerate)."""
@@ -335,6 +354,109 @@ def _unhooked(modules: list[nn.Module]) -> bool:
             if getattr(hook, "__name__", None) != "output_capturing_hook":
                 return False
     return True
+
+
+_STEP_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (its cache, its _StepPlan)
+
+
+def _plain(module: nn.Module | None, kind: type = nn.Linear) -> bool:
+    """True for a module of exactly `kind` that a decoding step may replace by its math: no hooks, no replaced
+    forward (an adapter, a quantized layer or accelerate's offloading are other types or hooked)."""
+    return module is not None and type(module) is kind and _unhooked([module])
+
+
+def _rms_scales(x: torch.Tensor, eps: float) -> float | torch.Tensor:
+    """1 / sqrt(mean(x^2) + eps) of the rows x: a Python float for one row (H,) (one dot product, where
+    `F.rms_norm` runs about nine ops), else a (B, 1) tensor for rows (B, H)."""
+    if x.dim() == 1:
+        return 1.0 / math.sqrt(float(torch.dot(x, x)) / x.shape[0] + eps)
+    return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def _as_rows(module: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A module called on the step's rows: one row (H,) goes in as (1, H) and comes out as a row again."""
+    return lambda x: module(x[None])[0] if x.dim() == 1 else module(x)
+
+
+def _row_projection(module: nn.Module, scale: torch.Tensor | None = None
+                    ) -> Callable[[torch.Tensor], torch.Tensor] | tuple[torch.Tensor, torch.Tensor, int]:
+    """`module(x)` as a function of the decoding step's rows: (H,) for one float32 row (batch 1), else (B, H).
+
+    A plain float32 `nn.Linear` becomes its product with the weight: for one row `torch.addmv` (a matrix-vector
+    product, about half the overhead of `nn.Linear` on a (1, 1, in) input), else `F.linear` on the rows. With the
+    weight of the RMSNorm before it as `scale`, it returns (W diag(w), bias, beta) for `_normed` to fold the norm in:
+    W (w * x * r) = r (W diag(w)) x for the row's 1 / rms r, one product with a matrix made once per `generate` call
+    instead of the norm's ops and the product. The values are the module's up to float rounding (sums in another
+    order). Anything else (an adapter, a quantized layer) is called as the module."""
+    if not _plain(module) or module.weight.dtype != torch.float32:
+        return _as_rows(module)
+    bias = module.bias
+    if scale is None:
+        weight = module.weight
+
+        def project(x: torch.Tensor) -> torch.Tensor:
+            if x.dim() == 1:
+                return torch.mv(weight, x) if bias is None else torch.addmv(bias, weight, x)
+            return F.linear(x, weight, bias)
+        return project
+    weight = (module.weight * scale.to(module.weight.dtype)).detach()
+    zeros = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device) if bias is None else bias
+    return weight, zeros, 0 if bias is None else 1
+
+
+def _normed(norm: MaskedNorm, module: nn.Module | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`module(norm(x))` (`norm(x)` without a module) on the step's rows, the RMSNorm's scale folded into a plain
+    linear layer where there is one (`_row_projection`)."""
+    inner = norm.norm
+    rms = (norm.kind == "rmsnorm" and _plain(inner, nn.RMSNorm) and inner.elementwise_affine
+           and inner.weight.dtype == torch.float32)
+    if not rms:
+        project = _row_projection(module) if module is not None else None
+        return (lambda x: _norm_step(norm, x)) if project is None else (lambda x: project(_norm_step(norm, x)))
+    eps = inner.eps if inner.eps is not None else torch.finfo(torch.float32).eps
+    scale = inner.weight
+    if module is None:
+        def normalize(x: torch.Tensor) -> torch.Tensor:
+            r = _rms_scales(x, eps)
+            return x * (scale * r) if isinstance(r, float) else x * r * scale
+        return normalize
+    folded = _row_projection(module, scale)
+    if not isinstance(folded, tuple):  # not a plain linear: the norm, then the module
+        return lambda x: folded(_norm_step(norm, x))
+    weight, bias, beta = folded
+
+    def project(x: torch.Tensor) -> torch.Tensor:
+        r = _rms_scales(x, eps)
+        if isinstance(r, float):
+            return torch.addmv(bias, weight, x, beta=beta, alpha=r)
+        return F.linear(x * r, weight, bias if beta else None)
+    return project
+
+
+def _activation(act: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """transformers' activation module as its function where it is a plain wrapper of one (GELU), else itself."""
+    function = getattr(act, "act", None)
+    return function if type(act).__name__ == "GELUActivation" and callable(function) and _unhooked([act]) else act
+
+
+class _StepPlan:
+    """What a decoding step reads from the model, gathered once per `generate` call (each new cache): per block
+    (layer index, norm + qkv projection, head dim, scaling, output projection, conv norm, conv width, bias and tap
+    weights, norm + MLP input projection, activation, MLP output projection), the final norm (+ LM head) and the
+    summed note embeddings (`MusicEmbeddings.note_table`)."""
+
+    def __init__(self, model: "MusicModel", lm_head: nn.Module | None):
+        self.blocks = []
+        for layer in model.layers:
+            attn, conv = layer.attn, layer.conv
+            taps = (conv.kernel_size, conv.conv.bias, conv.conv.weight[:, 0].detach().unbind(-1)) if conv else None
+            self.blocks.append((layer.layer_idx, _normed(layer.attn_norm, attn.qkv_proj), attn.head_dim,
+                                attn.scaling, _row_projection(attn.o_proj),
+                                _normed(layer.conv_norm) if conv is not None else None, taps,
+                                _normed(layer.mlp_norm, layer.mlp.fc_in), _activation(layer.mlp.act),
+                                _row_projection(layer.mlp.fc_out)))
+        self.final = _normed(model.norm, lm_head)
+        self.note_table = model.embeddings.note_table()
 
 
 class MusicDecoderLayer(GradientCheckpointingLayer):
@@ -454,13 +576,15 @@ class MusicEmbeddings(nn.Module):
         return kept[2], kept[3]
 
     def _step(self, input_ids: torch.Tensor, position_ids: torch.Tensor, genre_ids: torch.Tensor | None,
-              state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+              state: torch.Tensor | None, note_table: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`forward` for one token per row after the carried `state` (B, 3) (None: no attributes in use), with no
         restart, in eval mode, `position_ids` already within the position table: the same sums in the same order,
         in fewer ops. The ids and genres are those of the prefill's checks; an id or genre out of range still
-        fails in the lookups."""
+        fails in the lookups. `note_table` (`note_table()`): the token and note embeddings summed per id, one lookup
+        for three."""
         modules = self._modules
-        x = self.token(input_ids)
+        x = self.token(input_ids) if note_table is None else F.embedding(input_ids, note_table)
         carried = None
         if state is not None:
             program_set, position_set = self.program_set_table[input_ids], self.position_set_table[input_ids]
@@ -468,7 +592,7 @@ class MusicEmbeddings(nn.Module):
             position = torch.where(position_set != -1, position_set, state[:, 1:2])
             bars = self.bar_count_table[input_ids] + state[:, 2:3]
             carried = torch.stack([program, position, bars], dim=1)
-            if "pitch_class" in modules:
+            if "pitch_class" in modules and note_table is None:
                 pitch_class, octave = self._note_indices()
                 x = x + self.pitch_class(pitch_class[input_ids]) + self.octave(octave[input_ids])
             if "instrument" in modules:
@@ -483,6 +607,16 @@ class MusicEmbeddings(nn.Module):
         if "position" in modules:
             x = x + self.position(position_ids)
         return x, carried
+
+    def note_table(self) -> torch.Tensor | None:
+        """Per id, token + pitch-class + octave embedding (summed in `_step`'s order), for `_step`'s one lookup; None
+        where there are no note embeddings or the three are not plain embeddings (an adapter, hooks)."""
+        modules = self._modules
+        if not self.uses_attributes or "pitch_class" not in modules or not all(
+                _plain(modules[name], nn.Embedding) for name in ("token", "pitch_class", "octave")):
+            return None
+        pitch_class, octave = self._note_indices()
+        return (self.token.weight + self.pitch_class.weight[pitch_class] + self.octave.weight[octave]).detach()
 
     def carried(self, ids: torch.Tensor, restart: torch.Tensor | None = None,
                 state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -732,26 +866,33 @@ class MusicModel(MusicPreTrainedModel):
 
     def _decode_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                      position_ids: torch.Tensor | None, cache: Cache | None,
-                     genre_ids: torch.Tensor | None) -> torch.Tensor | None:
-        """The final hidden states (B, 1, H) of one decoding step, by a shorter route than `forward`: or None where
-        that route does not apply, and `forward` is to run instead.
+                     genre_ids: torch.Tensor | None, lm_head: nn.Module | None = None) -> torch.Tensor | None:
+        """The final hidden states (B, 1, H) of one decoding step (with `lm_head`: its logits (B, 1, V)), by a
+        shorter route than `forward`: or None where that route does not apply, and `forward` is to run instead.
 
         The route: one new token per row after a cached history in a dynamic music cache, no padding and no restart,
         eval mode, SDPA attention, no outputs requested, no hooks on the modules it goes around (the blocks and
-        their norms, attention, conv and MLP; the embeddings, linear layers and activations are still called as
-        modules, so adapters and quantized layers apply). It computes the values `forward` computes (the same ops
-        on the same views) without the mask building, the restart handling and the module calls, which are most of a
-        small model's decoding step on a CPU."""
+        their norms, attention, conv and MLP). It computes the values `forward` computes without the mask building,
+        the restart handling, the module calls and the cache's dispatch, which are most of a small model's decoding
+        step on a CPU: rows kept (B, H), q and k rotated together from tables, plain linear layers as matrix-vector
+        products with the RMSNorm before them folded in, the note embeddings summed into one table (`_StepPlan`,
+        made once per `generate` call). Adapters, quantized layers and hooked modules are called as modules. The
+        logits agree with `forward`'s up to float rounding (sums in another order; about 2e-5 on the shipped model's
+        logits, which span about 30)."""
         if (self.training or input_ids is None or input_ids.dim() != 2 or input_ids.shape[1] != 1
                 or not isinstance(cache, Cache) or cache.is_compileable or getattr(cache, "offloading", False)
-                or self.config._attn_implementation != "sdpa" or is_torchdynamo_compiling()):
-            return None
+                or self.config._attn_implementation != "sdpa" or is_torchdynamo_compiling()
+                or torch.is_autocast_enabled(input_ids.device.type)):
+            return None  # (autocast: its casts apply to modules and ops the route replaces)
         first = self.layers[0].conv
         layers, conv = cache.layers, first is not None and first.kernel_size > 1  # (kernel 1: no conv state)
         if (len(layers) != len(self.layers) or any(type(layer) is not MusicCacheLayer or not layer.is_initialized
+                                                   or layer.record_past
                                                    or (conv and not layer.has_previous_state[CONV_STATE])
-                                                   for layer in layers)
-                or not _unhooked(self._bypassed_modules(cache))):
+                                                   for layer in layers)):
+            return None  # (recording past states for assisted decoding: the cache's own updates keep them)
+        plan = self._step_plan(cache, lm_head)
+        if plan is None or torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
             return None
         batch = input_ids.shape[0]
         if attention_mask is not None and (attention_mask.dim() != 2 or not attention_mask.all()):
@@ -771,57 +912,71 @@ class MusicModel(MusicPreTrainedModel):
             position_ids = position_ids.clamp(max=embeddings.position.num_embeddings - 1)
         state = None
         if embeddings.uses_attributes:
-            state = cache.get_conv_state(0, CARRIED_STATE)
-            if state is None:
+            if not layers[0].has_previous_state[CARRIED_STATE]:
                 return None
-            state = state[..., -1]
-        hidden, carried = embeddings._step(input_ids, position_ids, genre_ids, state)
-        if carried is not None:
-            cache.update_conv_state(carried, 0, CARRIED_STATE, conv_kernel_size=1)
-        rotary = self.rotary(hidden, position_ids) if self.rotary is not None else None
-        for layer in self.layers:
-            attn, idx = layer.attn, layer.layer_idx
-            h = _norm_step(layer.attn_norm, hidden)
-            # q, k, v: the same views of the projection as `MusicAttention` takes (B, heads, 1, head_dim)
-            q, k, v = attn.qkv_proj(h).view(batch, 1, 3, -1, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-            if rotary is not None:
-                q, k = apply_rotary(q, k, *rotary)
-            k, v = cache.update(k, v, idx)
+            state = layers[0].conv_states[CARRIED_STATE]  # (B, 3, 1)
+        hidden, carried = embeddings._step(input_ids, position_ids, genre_ids,
+                                           state[..., -1] if state is not None else None, plan.note_table)
+        if carried is not None:  # the cache's update of a one-step state, in place
+            state.copy_(carried)
+        # the rows: (H,) for one float32 row (matrix-vector products, no batch dimension to index), else (B, H)
+        hidden = hidden.view(-1) if batch == 1 and hidden.dtype == torch.float32 else hidden.view(batch, -1)
+        rotary = self.rotary.step_tables(position_ids.view(batch), hidden.dtype) if self.rotary is not None else None
+        for idx, attn_in, head_dim, scaling, o_proj, conv_norm, taps, mlp_in, act, fc_out in plan.blocks:
+            qkv = attn_in(hidden)
+            width = qkv.shape[-1] // 3
+            heads = width // head_dim
+            # (B, heads, 1, head_dim) views of the projection, as `MusicAttention` takes them
+            v = qkv[..., 2 * width:].view(batch, heads, 1, head_dim)
+            qk = qkv[..., :2 * width].view(batch, 2 * heads, head_dim)
+            if rotary is not None:  # q and k rotated together: `apply_rotary`'s products and sums (see step_tables)
+                cos, sin, swap = rotary
+                qk = qk * cos + qk.index_select(-1, swap) * sin
+            q, k = qk.view(batch, 2, heads, 1, head_dim).unbind(1)
+            cached = layers[idx]  # the cache's update (a dynamic layer: concatenation), without its dispatch
+            k = cached.keys = torch.cat([cached.keys, k], dim=-2)
+            v = cached.values = torch.cat([cached.values, v], dim=-2)
             # transformers' SDPA attention for one query and no mask: no causal flag, all keys; (B, heads, 1, d)
-            # is laid out as (B, 1, heads * d)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, scale=attn.scaling,
+            # is laid out as the rows
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, scale=scaling,
                                                  is_causal=False)
-            hidden = hidden + attn.o_proj(out.reshape(batch, 1, -1))
-            if layer.conv is not None:
-                conv = layer.conv.conv
-                conv_in = _norm_step(layer.conv_norm, hidden).transpose(1, 2)
-                width = layer.conv.kernel_size
-                if width > 1:  # the state and the new input side by side, (B, H, >= width)
-                    conv_in = cache.update_conv_state(conv_in, idx, CONV_STATE, conv_kernel_size=width - 1)
-                # the sums of CausalDepthwiseConv, tap by tap in the same order, on (B, H) slices
-                out = conv.bias
-                taps = conv_in[..., conv_in.shape[-1] - width:].unbind(-1)
-                for tap, weight in zip(taps, conv.weight[:, 0].unbind(-1)):
-                    out = out + tap * weight
-                hidden = hidden + out[:, None]
-            hidden = hidden + layer.mlp.forward(_norm_step(layer.mlp_norm, hidden))
-        return _norm_step(self.norm, hidden)
+            hidden = hidden + o_proj(out.view(hidden.shape))
+            if conv_norm is not None:
+                kernel, out, weights = taps
+                window = conv_norm(hidden).view(batch, -1, 1)  # (B, H, 1), the cache's conv-state layout
+                if kernel > 1:  # the state and the new input side by side, (B, H, kernel); the state keeps the last
+                    state = cached.conv_states[CONV_STATE]  # kernel - 1 (the cache's update_conv_state, in place)
+                    window = torch.cat([state, window], dim=-1)
+                    state.copy_(window[..., 1:])
+                # the sums of CausalDepthwiseConv, tap by tap in the same order, on the rows
+                window = window[0] if hidden.dim() == 1 else window
+                for tap, weight in zip(window[..., window.shape[-1] - kernel:].unbind(-1), weights):
+                    out = torch.addcmul(out, tap, weight)
+                hidden = hidden + out
+            hidden = hidden + fc_out(act(mlp_in(hidden)))
+        return plan.final(hidden).view(batch, 1, -1)
 
-    def _bypassed_modules(self, cache: Cache) -> list[nn.Module]:
-        """The modules `_decode_step` goes around (whose hooks it would skip), listed again for each new cache
-        (each `generate` call)."""
-        found = _BYPASSED.get(self)
-        if found is None or found[0]() is not cache:
-            modules: list[nn.Module] = [self, self.embeddings]
-            for layer in self.layers:
-                modules += [layer, layer.attn, layer.mlp]
-                for norm in (layer.attn_norm, layer.conv_norm, layer.mlp_norm):
-                    if norm is not None:
-                        modules += [norm, norm.norm]
-                if layer.conv is not None:
-                    modules.append(layer.conv)
-            found = _BYPASSED[self] = (weakref.ref(cache), modules + [self.norm, self.norm.norm])
+    def _step_plan(self, cache: Cache, lm_head: nn.Module | None) -> _StepPlan | None:
+        """The `_StepPlan` of this model for `cache` (made at its first step; a new cache, a new plan, so weights
+        changed between `generate` calls are read again), or None where a module the step goes around has hooks
+        (checked once per cache)."""
+        found = _STEP_PLANS.get(self)
+        if found is None or found[0]() is not cache or found[2] is not lm_head:
+            plan = _StepPlan(self, lm_head) if _unhooked(self._bypassed_modules()) else None
+            found = _STEP_PLANS[self] = (weakref.ref(cache), plan, lm_head)
         return found[1]
+
+    def _bypassed_modules(self) -> list[nn.Module]:
+        """The modules `_decode_step` goes around (whose hooks it would skip)."""
+        modules: list[nn.Module] = [self, self.embeddings]
+        for layer in self.layers:
+            modules += [layer, layer.attn, layer.mlp]
+            for norm in (layer.attn_norm, layer.conv_norm, layer.mlp_norm):
+                if norm is not None:
+                    modules += [norm, norm.norm]
+            if layer.conv is not None:
+                modules.append(layer.conv)
+        return modules + [self.norm, self.norm.norm]
 
 
 class MusicForCausalLM(MusicPreTrainedModel, GenerationMixin):
@@ -894,11 +1049,11 @@ class MusicForCausalLM(MusicPreTrainedModel, GenerationMixin):
                 and all(v is None or v is False for v in kwargs.values()) and not self.config.output_attentions
                 and not self.config.output_hidden_states):
             # a decoding step: the short route when it applies (the same values; see MusicModel._decode_step)
-            hidden = self.model._decode_step(input_ids, attention_mask, position_ids, cache, genre_ids)
-            if hidden is not None:
+            logits = self.model._decode_step(input_ids, attention_mask, position_ids, cache, genre_ids, self.lm_head)
+            if logits is not None:
                 if isinstance(logits_to_keep, torch.Tensor):
-                    hidden = hidden[:, logits_to_keep]
-                return CausalLMOutputWithPast(logits=self.lm_head(hidden), cache=cache)
+                    logits = logits[:, logits_to_keep]
+                return CausalLMOutputWithPast(logits=logits, cache=cache)
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              cache=cache, inputs_embeds=inputs_embeds, genre_ids=genre_ids,
                              attribute_ids=attribute_ids, use_cache=use_cache, return_dict=True, **kwargs)
