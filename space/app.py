@@ -498,21 +498,16 @@ class Studio:
                 if name not in self.control_names:  # in the tokenizer, beyond the model's vocabulary
                     raise user_error(self.controls_note, title=CONTROL_LABELS[name])
         timing = None if timing in (None, "", AUTO) else timing
-        if timing is not None:
-            if "timing" not in self.control_names:
-                raise user_error(self.controls_note, title=CONTROL_LABELS["timing"])
-            try:
-                self.tokenizer.control_ids({"timing": timing})
-            except ValueError as e:
-                raise user_error(str(e), title=CONTROL_LABELS["timing"]) from None
         repetition = None if repetition in (None, "", AUTO) else _control_value(repetition)
-        if repetition is not None:
-            if "repetition" not in self.control_names:
-                raise user_error(self.controls_note, title=CONTROL_LABELS["repetition"])
+        for name, value in (("timing", timing), ("repetition", repetition)):  # the dropdowns with an AUTO choice
+            if value is None:
+                continue
+            if name not in self.control_names:
+                raise user_error(self.controls_note, title=CONTROL_LABELS[name])
             try:
-                self.tokenizer.control_ids({"repetition": repetition})
+                self.tokenizer.control_ids({name: value})
             except ValueError as e:
-                raise user_error(str(e), title=CONTROL_LABELS["repetition"]) from None
+                raise user_error(str(e), title=CONTROL_LABELS[name]) from None
         guidance = float(guidance) if guidance not in (None, "") else None
         seed = -1 if seed is None else int(seed)
         return Settings(
