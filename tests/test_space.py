@@ -48,11 +48,12 @@ def app():
     return load_app()
 
 
-def save_tiny_model(path: Path, tokenizer=None, **config_overrides) -> str:
+def save_tiny_model(path: Path, tokenizer=None, long_pieces: bool = False, **config_overrides) -> str:
     """A random model (one layer, 32 wide unless overridden) that plays only the LEARNED programs, as one trained on
     the corpus does: one hidden unit after the final norm is a constant, and every Program token's (tied) embedding
     on that unit is high for those programs and low for the others, so their logits sit about 6 above or below the
-    other tokens'."""
+    other tokens'. `long_pieces`: EOS's logit sits as low, so a piece goes on for the length asked (a random model
+    otherwise ends most long pieces early, at one of the hundreds of note ends where EOS is allowed)."""
     import torch
 
     from music_hf import MusicConfig, MusicForCausalLM, MusicTokenizer
@@ -67,6 +68,8 @@ def save_tiny_model(path: Path, tokenizer=None, **config_overrides) -> str:
         model.model.norm.norm.weight[0], model.model.norm.norm.bias[0] = 0.0, 2.5
         for i, program in zip(program_ids, tokenizer.token_table.value[program_ids]):
             model.get_input_embeddings().weight[i, 0] = 2.5 if int(program) in LEARNED else -2.5
+        if long_pieces:
+            model.get_input_embeddings().weight[tokenizer.eos_token_id, 0] = -2.5
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
@@ -715,11 +718,12 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def served_app(corpus_dir, tmp_path_factory):
     """`python space/app.py` on a free port, as a visitor would start it; yields its URL. Its model is wider and
-    deeper than the handlers' (a few ms a token) so that a visitor can press Stop while it writes."""
+    deeper than the handlers' (a few ms a token) and writes the length asked for (no early EOS), so that a visitor
+    can press Stop while it writes."""
     port = _free_port()
     tmp = tmp_path_factory.mktemp("served")
-    model = save_tiny_model(tmp / "model", hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                            intermediate_size=512)
+    model = save_tiny_model(tmp / "model", long_pieces=True, hidden_size=256, num_hidden_layers=4,
+                            num_attention_heads=4, intermediate_size=512)
     env = dict(os.environ, MODEL_ID=model, CORPUS_DIR=corpus_dir, GRADIO_SERVER_PORT=str(port),
                GRADIO_SERVER_NAME="127.0.0.1", GRADIO_ANALYTICS_ENABLED="False", MUSIC_HF_CACHE=str(tmp / "cache"),
                GRADIO_TEMP_DIR=str(tmp / "gradio"), MAX_NEW_TOKENS="1024")
