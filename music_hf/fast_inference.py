@@ -3,7 +3,8 @@
 
 Backends:
 
-- `"torch"`: the model as it is (eager PyTorch; the default).
+- `"torch"` (the default): the PyTorch model's own decoding step (`MusicModel._decode_step`) in the lean loop
+  below; the same tokens as `model.generate`, which runs transformers' general loop.
 - `"onnx"`: the model's decoding step (one new token per row, with the KV cache, the conv states and the carried
   music attributes as inputs and outputs) exported to ONNX and run by ONNX Runtime; the prompt goes through the
   PyTorch model once (the prefill), then every new token is one ONNX Runtime call in a lean loop. The same float32
@@ -14,10 +15,13 @@ Backends:
   probabilities (`sequence_nll` measures it; the tests bound it).
 
 Generation stays transformers' `generate`: its settings, logits processors (the grammar constraint, temperature,
-top-k/p, classifier-free guidance), stopping criteria (EOS, `max_time`, a progress callback) and seeds apply as with
-`"torch"`; only the greedy/sampling decoding loop is replaced (`_FastSampling._sample`). Anything that loop does not
-cover (beam search, padded batches, attentions or hidden states in the output, forward hooks on the model's
-modules) runs on the PyTorch model as usual.
+top-k/p, classifier-free guidance), stopping criteria (EOS, `max_time`, a progress callback) and seeds apply as in
+`model.generate`; only the greedy/sampling decoding loop is replaced (`_FastSampling._sample`, the lean loop: at
+batch 1 on a CPU transformers' general loop costs about as much per token as a small model's step, in per-step
+input preparation, output objects and kwargs bookkeeping). Anything that loop does not cover (beam search, padded
+batches, attentions or hidden states in the output, model inputs other than the genre, a cache other than a
+`DynamicCache`; for the ONNX backends also forward hooks on the model's modules and other devices than the CPU)
+runs in transformers' loop as usual.
 Classifier-free guidance's unconditional forward stays PyTorch (transformers' processor calls the model itself).
 With `return_dict_in_generate`, scores and logits come back as usual but no cache (the session holds the state).
 
@@ -30,6 +34,7 @@ threads.
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import logging
 import os
@@ -45,7 +50,7 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from .modeling_music import CARRIED_STATE, CONV_STATE, _norm_step, _unhooked, apply_rotary
+from .modeling_music import CARRIED_STATE, CONV_STATE, _norm_step, _unhooked
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 _FAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {backend: (fingerprint, fast model)}
@@ -79,15 +84,25 @@ def default_backend(model: Any) -> str:
 
 
 def fast_model(model: Any, backend: str = "onnx") -> Any:
-    """`model` as a model whose `generate` decodes with `backend` ("torch": `model` itself).
+    """`model` as a model whose `generate` decodes with `backend` in the lean loop of `_FastSampling` ("torch": the
+    PyTorch model's own decoding step; a model other than MusicForCausalLM: `model` itself).
 
     The returned object shares `model`'s modules and weights (a shallow copy whose class replaces the decoding loop);
     it and its ONNX Runtime session are kept while `model` lives and its weights do not change."""
     check_backend(backend)
-    if backend == "torch":
-        return model
-    if (getattr(getattr(model, "config", None), "model_type", None) != "music"
-            or not hasattr(getattr(model, "model", None), "embeddings") or not hasattr(model, "lm_head")):
+    music = (getattr(getattr(model, "config", None), "model_type", None) == "music"
+             and hasattr(getattr(model, "model", None), "_decode_step") and hasattr(model, "lm_head"))
+    if backend == "torch":  # the PyTorch model in the lean loop (another model: itself, in transformers' loop)
+        if not music:
+            return model
+        kept = _FAST.setdefault(model, {})
+        if "torch" not in kept:
+            fast = copy.copy(model)
+            fast.__class__ = _fast_class(type(model))
+            fast._decoder = TorchDecoder()
+            kept["torch"] = (None, fast, None)
+        return kept["torch"][1]
+    if not music:
         raise ValueError(f"backend {backend!r} runs MusicForCausalLM models, not {type(model).__name__}")
     if next(model.parameters()).device.type != "cpu":
         raise ValueError(f"backend {backend!r} runs on the CPU; this model is on "
@@ -142,16 +157,29 @@ class _DecodeStep(nn.Module):
         batch = input_ids.shape[0]
         positions = position_ids.clamp(max=model.embeddings.position.num_embeddings - 1) if self.learned \
             else position_ids
+        # the note embeddings summed into one table: one lookup for three (a constant of the graph)
         hidden, new_carried = model.embeddings._step(input_ids, positions, genre_ids,
-                                                     carried if self.attributes else None)
-        rotary = model.rotary(hidden, position_ids) if model.rotary is not None else None
+                                                     carried if self.attributes else None,
+                                                     model.embeddings.note_table())
+        rotary = None
+        if model.rotary is not None:  # cos and sin once per step, q and k rotated together in each block
+            # (`step_tables`' form: x * cos + x[swap] * sin with sin's first half negated, `apply_rotary`'s values)
+            freqs = position_ids[..., None].float() * model.rotary.inv_freq  # (B, 1, dim / 2)
+            cos, sin = freqs.cos(), freqs.sin()
+            half = cos.shape[-1]
+            swap = torch.cat([torch.arange(half, 2 * half), torch.arange(half)])
+            rotary = (torch.cat([cos, cos], -1).to(hidden.dtype), torch.cat([-sin, sin], -1).to(hidden.dtype), swap)
         new_keys, new_values, new_convs = [], [], []
         for i, layer in enumerate(model.layers):
             attn = layer.attn
             h = _export_norm(layer.attn_norm, hidden)
-            q, k, v = attn.qkv_proj(h).view(batch, 1, 3, -1, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            qkv = attn.qkv_proj(h).view(batch, -1, 1, attn.head_dim)  # (B, 3 heads, 1, head_dim)
+            heads = qkv.shape[1] // 3
+            qk, v = qkv[:, :2 * heads], qkv[:, 2 * heads:]
             if rotary is not None:
-                q, k = apply_rotary(q, k, *rotary)
+                cos, sin, swap = rotary
+                qk = qk * cos[:, None] + qk.index_select(-1, swap) * sin[:, None]
+            q, k = qk[:, :heads], qk[:, heads:]
             k, v = torch.cat([keys[i], k], dim=2), torch.cat([values[i], v], dim=2)
             new_keys.append(k)
             new_values.append(v)
@@ -163,10 +191,8 @@ class _DecodeStep(nn.Module):
                 if self.kernel > 1:
                     taps = torch.cat([convs[i], taps], dim=-1)
                     new_convs.append(taps[..., 1:])
-                out = conv.bias
-                for tap, weight in zip(taps.unbind(-1), conv.weight[:, 0].unbind(-1)):
-                    out = out + tap * weight
-                hidden = hidden + out[:, None]
+                # the taps' products summed in one op (the PyTorch step adds them one by one: float rounding)
+                hidden = hidden + (conv.bias + (taps * conv.weight[:, 0]).sum(-1))[:, None]
             hidden = hidden + layer.mlp.forward(_export_norm(layer.mlp_norm, hidden))
         logits = self.lm.lm_head(_export_norm(model.norm, hidden))[:, 0]
         carried = new_carried[..., 0] if new_carried is not None else carried
@@ -252,7 +278,10 @@ class OnnxDecoder:
             with open(out, "rb") as f:
                 return f.read()
 
-    def state(self, cache: Any, genre_ids: torch.Tensor | None, batch: int) -> dict[str, np.ndarray]:
+    skips_hooks = True  # the session runs none of the modules' hooks
+
+    def state(self, cache: Any, genre_ids: torch.Tensor | None, batch: int, model: Any = None
+              ) -> dict[str, np.ndarray]:
         """The session's inputs (but the new ids and positions) from a music cache after the prefill."""
         feeds: dict[str, np.ndarray] = {}
         layers = cache.layers
@@ -280,16 +309,44 @@ class OnnxDecoder:
         return outputs[0]
 
 
+    def next_logits(self, feeds: dict[str, np.ndarray], tokens: torch.Tensor, positions: torch.Tensor
+                    ) -> torch.Tensor:
+        """`step` on tensors: float32 logits (B, V) of `tokens` (B, 1) at `positions` (B, 1)."""
+        return torch.from_numpy(self.step(feeds, tokens.numpy(), positions.numpy()))
+
+
+class TorchDecoder:
+    """The decoding step of the PyTorch model itself, for the lean loop (backend "torch" of `generate_music`):
+    `MusicModel._decode_step` with the LM head, or the model's `forward` where that route does not apply (hooks,
+    autocast, adapters it calls as modules are all honoured: they are the model's own code paths)."""
+
+    skips_hooks = False
+
+    def state(self, cache: Any, genre_ids: torch.Tensor | None, batch: int, model: Any = None) -> dict[str, Any]:
+        return {"model": model, "cache": cache, "genre_ids": genre_ids}
+
+    @staticmethod
+    def next_logits(feeds: dict[str, Any], tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        model, cache, genre = feeds["model"], feeds["cache"], feeds["genre_ids"]
+        logits = model.model._decode_step(tokens, None, positions, cache, genre, model.lm_head)
+        if logits is None:
+            logits = model(tokens, position_ids=positions, cache=cache, genre_ids=genre, use_cache=True,
+                           return_dict=True).logits
+        return logits[:, -1].to(dtype=torch.float32)
+
+
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().cpu().numpy())
 
 
 # ----- the decoding loop -------------------------------------------------------------------------------------
 class _FastSampling:
-    """transformers' greedy/sampling loop (`GenerationMixin._sample`) with each step after the prefill run by the
-    ONNX Runtime session: the same processors, token choice, padding of finished rows and stopping criteria."""
+    """transformers' greedy/sampling loop (`GenerationMixin._sample`) reduced to its steps, each step after the
+    prefill run by `_decoder` (the ONNX Runtime session, or the PyTorch model's own decoding step): the same
+    processors, token choice, padding of finished rows and stopping criteria, without the per-step input
+    preparation, output objects and kwargs bookkeeping transformers' general loop does for every model."""
 
-    _decoder: OnnxDecoder
+    _decoder: OnnxDecoder | TorchDecoder
 
     def _sample(self, input_ids: torch.LongTensor, logits_processor: Any, stopping_criteria: Any,
                 generation_config: Any, synced_gpus: bool = False, streamer: Any = None, **model_kwargs: Any) -> Any:
@@ -299,10 +356,13 @@ class _FastSampling:
         if (synced_gpus or (config.return_dict_in_generate and (config.output_attentions
                                                                   or config.output_hidden_states))
                 or (mask is not None and not bool(mask.all())) or not model_kwargs.get("use_cache", True)
-                or (cache is not None and not isinstance(cache, DynamicCache)) or input_ids.device.type != "cpu"
-                or not _unhooked(list(self.modules()))):
-            # padding, recorded attentions or hidden states, another cache, hooks on the model's modules (which
-            # the session would skip): the PyTorch loop
+                or (cache is not None and not isinstance(cache, DynamicCache))
+                or any(value is not None and value is not False for key, value in model_kwargs.items()
+                       if key not in _LOOP_INPUTS)
+                or not _unhooked(list(self.modules()) if self._decoder.skips_hooks else [self])
+                or (self._decoder.skips_hooks and input_ids.device.type != "cpu")):
+            # padding, recorded attentions or hidden states, another cache, model inputs the loop does not pass
+            # on, hooks on the model's modules (which the session would skip): transformers' loop
             return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config,
                                    synced_gpus=synced_gpus, streamer=streamer, **model_kwargs)
         pad = config._pad_token_tensor
@@ -321,11 +381,18 @@ class _FastSampling:
                        return_dict=True)
         logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32)
         decoder = self._decoder
-        feeds = decoder.state(outputs.cache, model_kwargs.get("genre_ids"), batch)
+        feeds = decoder.state(outputs.cache, model_kwargs.get("genre_ids"), batch, self)
         del outputs
-        positions = _numpy(position_ids[:, -1:])
+        positions = position_ids[:, -1:]
+        # the processors called one by one, as LogitsProcessorList calls those taking (input_ids, scores) only,
+        # without its signature inspection of each one at every step
+        processors = list(logits_processor)
+        if any(len(inspect.signature(processor.__call__).parameters) > 2 for processor in processors):
+            processors = [logits_processor]  # one that takes more (the list raises its own error)
         while True:
-            next_scores = logits_processor(input_ids, logits)
+            next_scores = logits
+            for processor in processors:
+                next_scores = processor(input_ids, next_scores)
             if keep_scores:
                 scores += (next_scores,)
             if keep_logits:
@@ -343,14 +410,19 @@ class _FastSampling:
             if unfinished.max() == 0:
                 break
             positions = positions + 1
-            logits = torch.from_numpy(decoder.step(feeds, next_tokens[:, None].numpy(), positions))
+            logits = decoder.next_logits(feeds, next_tokens[:, None], positions)
         if streamer is not None:
             streamer.end()
         if config.return_dict_in_generate:
-            return GenerateDecoderOnlyOutput(sequences=input_ids, scores=scores, logits=raw_logits)
+            return GenerateDecoderOnlyOutput(sequences=input_ids, scores=scores, logits=raw_logits,
+                                             cache=feeds.get("cache"))
         return input_ids
 
 
+# the model inputs the loop passes on (prefill) or carries itself (cache, positions, genre); anything else set
+# (e.g. attribute_ids, inputs_embeds, a timing control of another model) sends the generation to transformers' loop
+_LOOP_INPUTS = frozenset({"attention_mask", "cache", "use_cache", "position_ids", "genre_ids",
+                          "logits_to_keep", "output_attentions", "output_hidden_states", "return_dict"})
 _CLASSES: dict[type, type] = {}
 
 

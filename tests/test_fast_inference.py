@@ -33,6 +33,56 @@ def test_unknown_backend_is_a_clear_error(tokenizer):
     assert check_backend("torch") == "torch" and "torch" in available_backends() and "torch" in BACKENDS
 
 
+@pytest.mark.parametrize("norm,conv,position", [("layernorm", 4, "learned"), ("rmsnorm", 4, "rotary"),
+                                                ("batchnorm", 1, "learned")])
+def test_torch_backend_lean_loop_gives_model_generate_tokens(tokenizer, piece_ids, norm, conv, position):
+    """backend "torch" (generate_music's default): the PyTorch model's step in the lean loop, the same tokens as
+    transformers' loop (`model.generate`) greedy and sampled, with the grammar, two rows, guidance and a returned
+    cache; what the loop does not cover (beams, a hook on the model, other model inputs) goes to transformers'."""
+    model = tiny_model(tokenizer, seed=4, norm_type=norm, conv_kernel_size=conv, position_embedding_type=position)
+    lean = fast_model(model, "torch")
+    assert lean is fast_model(model, "torch") and lean is not model and type(lean).__name__ == "FastMusicForCausalLM"
+    prompt = torch.tensor([piece_ids[0][:20]])
+    kwargs = dict(attention_mask=torch.ones_like(prompt), genre_ids=torch.tensor([1]), max_new_tokens=64,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                  logits_processor=[MusicGrammarLogitsProcessor(tokenizer)])
+    steps = []
+    original = type(model.model)._decode_step
+
+    def counted(self, *args, **kw):
+        steps.append(1)
+        return original(self, *args, **kw)
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(model.model), "_decode_step", counted)
+        assert torch.equal(lean.generate(prompt, do_sample=False, **kwargs),
+                           model.generate(prompt, do_sample=False, **kwargs))
+        assert len(steps) >= 2 * 60  # both loops ran the short step (transformers' through forward)
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            sampled = lean.generate(prompt, do_sample=True, top_p=0.9, num_return_sequences=2, **kwargs)
+            torch.manual_seed(seed)
+            assert torch.equal(sampled, model.generate(prompt, do_sample=True, top_p=0.9, num_return_sequences=2,
+                                                       **kwargs))
+        out = lean.generate(prompt, do_sample=False, return_dict_in_generate=True, output_scores=True, **kwargs)
+        assert out.cache.get_seq_length() == out.sequences.shape[1] - 1 and len(out.scores) == 64
+        # a hook on the model (the lean loop would go around its forward): transformers' loop, the hook runs
+        calls = []
+        hook = model.register_forward_hook(lambda *_: calls.append(1))
+        try:
+            assert torch.equal(lean.generate(prompt, do_sample=False, **kwargs), out.sequences)
+        finally:
+            hook.remove()
+        assert len(calls) == 64
+    # through generate_music, with classifier-free guidance (its unconditional rows: the model itself)
+    settings = dict(seed=3, guidance_scale=2.0, genre="folk", max_new_tokens=48)
+    lean_pieces = generate_music(model, tokenizer, **settings)
+    with pytest.MonkeyPatch.context() as patch:  # transformers' loop: the model as it is
+        patch.setattr("music_hf.fast_inference.fast_model", lambda m, backend="torch": m)
+        plain_pieces = generate_music(model, tokenizer, **settings)
+    assert [p.ids for p in lean_pieces] == [p.ids for p in plain_pieces]
+    assert len(lean_pieces[0].ids) > lean_pieces[0].prompt_length
+
+
 @needs_onnx
 @pytest.mark.parametrize("norm,conv,position", [("layernorm", 4, "learned"), ("rmsnorm", 0, "rotary"),
                                                 ("batchnorm", 1, "learned")])
