@@ -552,8 +552,8 @@ class MusicTokenizer(PreTrainedTokenizer):
             seq = self.miditok.encode(score)
         except (RuntimeError, ValueError, IndexError, KeyError, ArithmeticError) as e:
             raise MusicFileError(source, f"miditok could not tokenize it ({type(e).__name__}: {e})") from e
-        ids = list(seq.ids)
-        if not self.token_table.note_count[ids].any():
+        ids = seq.ids if isinstance(seq.ids, list) else list(seq.ids)
+        if self._note_ids().isdisjoint(ids):  # (stops at the first note: a piece's first few tokens)
             raise EmptyMusicError(source, "no notes left after preprocessing (all outside the tokenizer's range)")
         return ids
 
@@ -621,6 +621,14 @@ class MusicTokenizer(PreTrainedTokenizer):
         if table is None or len(table) != len(self):
             table = self._token_table = self._make_token_table()
         return table
+
+    def _note_ids(self) -> frozenset[int]:
+        """The ids that start a note (`TokenTable.note_count` > 0), kept with the table they come from."""
+        table = self.token_table
+        kept = self.__dict__.get("_note_id_set")
+        if kept is None or kept[0] is not table:
+            kept = self.__dict__["_note_id_set"] = (table, frozenset(np.flatnonzero(table.note_count).tolist()))
+        return kept[1]
 
     def _make_token_table(self) -> TokenTable:
         """Parse each base token string once (kind and value), then combine the base tokens of each id."""
