@@ -153,6 +153,10 @@ class GenerateArguments:
                                                           'piece: the model\'s choice)')
     guidance_scale: float | None = HfArg(default=None, help="classifier-free guidance toward the controls and the "
                                                             "genre (> 1 pulls harder; none or 1: off)")
+    describe: str | None = HfArg(default=None, help='the settings in words: "a sparse jig in D minor for flute, '
+                                                    '100 bpm" (genre, instruments, time signature, tempo, key, '
+                                                    'density, polyphony, range, timing; music_hf.text_prompt); '
+                                                    'the other options win over it. What it read goes to stderr')
     backend: str = HfArg(default="torch", help="decoding backend: torch, or onnx / onnx-int8 (ONNX Runtime on the "
                                                "CPU, same tokens / int8, faster; pip install 'music-hf[fast]')")
 
@@ -249,6 +253,15 @@ def generate(args: GenerateArguments, sampling: Any) -> list[str]:
     programs = (args.programs if args.programs == "any" else [int(x) for x in args.programs.split(",")]
                 if args.programs else None)
     controls = parse_controls(args.controls)
+    if args.describe is not None:
+        from .text_prompt import settings_from_text
+
+        said = settings_from_text(args.describe, tokenizer, model)
+        print(said.summary(), file=sys.stderr)
+        if genres == [None] and said.genre is not None:
+            genres = [said.genre]
+        if said.controls:  # (generate_music reads the rest of the description itself)
+            controls = {**said.controls, **(controls or {})}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.infill_bars is not None or args.accompany_program is not None:
@@ -262,7 +275,7 @@ def generate(args: GenerateArguments, sampling: Any) -> list[str]:
                 constrained=not args.unconstrained, prompt_bars=args.prompt_bars, programs=programs,
                 time_signature=args.time_signature, tempo=args.tempo, num_return_sequences=args.num_return_sequences,
                 seed=args.seed, controls=controls, guidance_scale=args.guidance_scale, backend=args.backend,
-                prompt_mapping=not args.no_prompt_mapping, **dataclasses.asdict(sampling))
+                prompt_mapping=not args.no_prompt_mapping, description=args.describe, **dataclasses.asdict(sampling))
         for i, piece in enumerate(pieces):
             path = out / f"{(genre or 'any').replace(' ', '_')}_{args.seed}_{i}.mid"
             piece.score.dump_midi(str(path))

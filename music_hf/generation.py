@@ -512,9 +512,13 @@ def generate_music(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, ge
                    tempo: float | None = None, temperature: float | None = None, top_k: int | None = None,
                    top_p: float | None = None, do_sample: bool = True, num_return_sequences: int = 1,
                    seed: int | None = None, controls: Mapping[str, Any] | None = None,
-                   guidance_scale: float | None = None, prompt_mapping: bool = True,
+                   guidance_scale: float | None = None, prompt_mapping: bool = True, description: str | None = None,
                    **generate_kwargs: Any) -> list[GeneratedPiece]:
     """Continue `prompt` (or start from nothing) and return each variation with its ids and Score.
+
+    `description`: the settings in words ("a sparse jig in D minor for flute, 100 bpm"), read by
+    `music_hf.text_prompt.settings_from_text` into the genre, programs, time signature, tempo and controls; a keyword
+    given beside it wins (and a control in `controls` over the description's).
 
     `controls` ({"key": "D minor", "density": 8, "polyphony": 2, "pitch_range": (48, 84), "timing": "score",
     "tempo": 96}) go into the prompt after BOS (`prompt_ids`); `guidance_scale` > 1 pulls the generation toward them
@@ -536,8 +540,19 @@ def generate_music(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, ge
     opens a piece of the genre with), or any where the model has no usual ones; "any": every instrument.
 
     `backend="onnx"` (or "onnx-int8") decodes on the CPU with ONNX Runtime, same tokens, faster
-    (`music_hf.fast_inference`; the extra `fast`); "torch" (the default) runs the model as it is.
+    (`music_hf.fast_inference`; the extra `fast`); "torch" (the default) runs the PyTorch model's decoding step in
+    the same lean loop (the tokens of `model.generate`).
     """
+    if description is not None:
+        from .text_prompt import settings_from_text
+
+        said = settings_from_text(description, tokenizer, model)
+        genre = said.genre if genre is None else genre
+        programs = said.programs if programs is None else programs
+        time_signature = said.time_signature if time_signature is None else time_signature
+        tempo = said.tempo if tempo is None else tempo
+        if said.controls:
+            controls = {**said.controls, **(controls or {})}
     head, body, changes = prompt_for_model(model, tokenizer, prompt, prompt_bars, time_signature, tempo, controls,
                                            prompt_mapping, genre)
     max_ctx = _context_room(model)

@@ -40,6 +40,7 @@ if (REPO_ROOT / "music_hf" / "__init__.py").is_file() and str(REPO_ROOT) not in 
     sys.path.insert(0, str(REPO_ROOT))  # a checkout without `pip install -e .`
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList  # noqa: E402
@@ -49,10 +50,11 @@ from music_hf import MusicFileError  # noqa: E402
 from music_hf.configuration_music import UNKNOWN_GENRE  # noqa: E402
 from music_hf.corpus import MANIFEST_NAME, default_cache_dir  # noqa: E402
 from music_hf.hub import SHIPPED_MODEL  # noqa: E402
-from music_hf.tokenization_music import (CONTROL_NAMES, KEY_MODES, KEY_TONICS, KIND_INDEX, MIDI_SUFFIXES,  # noqa: E402
-                                         REPETITION_EDGES)
+from music_hf.tokenization_music import (CONTROL_NAMES, DENSITY_EDGES, KEY_MODES, KEY_TONICS, KIND_INDEX,  # noqa: E402
+                                         MIDI_SUFFIXES, REPETITION_EDGES)
 from music_hf.composition import accompany_piece, check_composition_setup, infill_piece  # noqa: E402
 from music_hf.generation import cpu_threads_for, cut_bars, finish_sequence, generate_music, prompt_ids  # noqa: E402
+from music_hf.text_prompt import settings_from_text  # noqa: E402
 from music_hf.fast_inference import default_backend  # noqa: E402  (ONNX Runtime decoding on the CPU when installed)
 from music_hf.prompt_mapping import LEARNED_SHARE, learned_programs, map_prompt, model_knowledge  # noqa: E402,F401
 from music_hf.render import (GM_PROGRAM_NAMES, audio_available, bar_end_tick, bar_starts,  # noqa: E402
@@ -460,6 +462,47 @@ class Studio:
             plural = "s" if len(self.missing_genres) > 1 else ""
             text += f"<br>⚠️ The example corpus has no piece of the genre{plural} {', '.join(self.missing_genres)}."
         return text
+
+    # ----- a description in words -------------------------------------------------------------------
+    def read_description(self, text: str) -> tuple[dict[str, Any], str]:
+        """The page's settings a description sets (`music_hf.text_prompt.settings_from_text`): {component name: value}
+        for genre, key, timing, repetition, density, polyphony, pitch_low, pitch_high, instruments, tempo and
+        time_signature (only those it sets, and only values the page offers), and a line saying what it understood,
+        what it left unused and what it could not set here."""
+        said = settings_from_text(text or "", self.tokenizer, self.model)
+        values: dict[str, Any] = {}
+        notes = list(said.notes)
+        if said.genre is not None and said.genre in self.genres:
+            values["genre"] = said.genre
+        controls = {k: v for k, v in said.controls.items() if k in self.control_names}
+        if "key" in controls and controls["key"] in self.keys:
+            values["key"] = controls["key"]
+        if "timing" in controls:
+            values["timing"] = controls["timing"]
+        if "repetition" in controls:
+            k = int(np.searchsorted(REPETITION_EDGES, controls["repetition"], side="right")) - 1
+            values["repetition"] = f"{REPETITION_EDGES[k]:g}"
+        if "density" in controls:
+            values["density"] = DENSITY_CHOICES[int(np.searchsorted(DENSITY_EDGES, controls["density"],
+                                                                    side="right")) - 1]
+        if "polyphony" in controls:
+            values["polyphony"] = str(min(int(controls["polyphony"]), len(POLYPHONY_CHOICES)))
+        if "pitch_range" in controls:
+            values["pitch_low"], values["pitch_high"] = (str(p) for p in controls["pitch_range"])
+        if said.programs:
+            learned = [program_name(p) for p in said.programs if p in self.programs]
+            unlearned = [p for p in said.programs if p not in self.programs]
+            if learned:
+                values["instruments"] = learned
+            if unlearned:
+                notes.append(f"This model did not learn {describe_instruments(unlearned)}: not set (it would write "
+                             "silence).")
+        if said.tempo is not None:
+            values["tempo"] = float(min(250, max(40, said.tempo)))
+        if said.time_signature is not None and said.time_signature in self.time_signatures:
+            values["time_signature"] = said.time_signature
+        said.notes = notes
+        return values, said.summary()
 
     # ----- validating inputs -------------------------------------------------------------------------
     def settings(self, genre: str | None = None, instruments: list[str] | None = None, tempo: float = 120,
@@ -1144,6 +1187,12 @@ def build_demo(studio: Studio) -> gr.Blocks:
                                           visible=bool(example_choices), info=example_info)
                     bars = gr.Slider(1, MAX_PROMPT_BARS, value=4, step=1, label="Bars of the prompt to keep")
                 with gr.Group():
+                    with gr.Row(equal_height=True):
+                        description = gr.Textbox("", label="Describe it (optional)", lines=1, scale=4,
+                                                 placeholder="a sparse jig in D minor for flute, 100 bpm")
+                        describe_btn = gr.Button("✍️ Set from words", scale=1, min_width=120)
+                    described = gr.Markdown("", label="What the words set", elem_classes="described")
+                with gr.Group():
                     with gr.Row():
                         genre = gr.Dropdown(genre_choices, value=genre_choices[min(1, len(genre_choices) - 1)][1],
                                             label="Genre", scale=2)
@@ -1458,6 +1507,20 @@ def build_demo(studio: Studio) -> gr.Blocks:
             src = EXAMPLE if ex else src
             return src, *on_preview(src, up, ex, nbars)
 
+        described_outputs = {"genre": genre, "key": key, "timing": timing, "repetition": repetition,
+                             "density": density, "polyphony": polyphony, "pitch_low": pitch_low,
+                             "pitch_high": pitch_high, "instruments": instruments, "tempo": tempo,
+                             "time_signature": time_signature}
+
+        def on_describe(text):
+            values, line = studio.read_description(text)
+            return [gr.update(value=values[name]) if name in values else gr.update() for name in described_outputs
+                    ] + [line]
+
+        describe_btn.click(on_describe, [description], [*described_outputs.values(), described],
+                           api_name="describe", show_progress="hidden")
+        description.submit(on_describe, [description], [*described_outputs.values(), described], api_name=False,
+                           show_progress="hidden")
         generate_btn.click(on_generate, [history, source, bars, *settings_inputs, upload, example], outputs,
                            api_name="generate", concurrency_id="model", show_progress="hidden")
         continue_btn.click(on_continue, [history, variation, *settings_inputs], outputs, api_name="continue",

@@ -618,6 +618,21 @@ def test_undo_goes_back_step_by_step_across_every_action(quiet_studio, chorale_m
     assert quiet_studio.undo(history) == []
 
 
+def test_a_description_sets_the_controls_it_names(studio, demo):
+    values, line = studio.read_description("a slow four-part chorale in E flat major for choir and violin, 3/4, dense"
+                                           ", from C3 to C5, expressive, dreamy")
+    assert values == {"genre": "chorale", "key": "Eb major", "polyphony": "4", "time_signature": "3/4",
+                      "tempo": 70.0, "instruments": ["Choir Aahs"], "density": "16", "pitch_low": "48",
+                      "pitch_high": "72", "timing": "performed"}
+    assert line.startswith("Understood: tempo 70 bpm ('slow') · polyphony 4 ('four-part') · genre chorale")
+    assert "Not used: dreamy" in line and "did not learn Violin" in line  # the tiny model plays piano and choir
+    # through the page's handler: the components it names get the values, the others stay as they are
+    updates = handler(demo, "on_describe")("a folk song, 200 bpm")
+    assert updates[0]["value"] == "folk song" and updates[-1].startswith("Understood: genre folk song")
+    assert "value" not in updates[1]  # the key: not named, left as it is
+    assert studio.read_description("") == ({}, "Understood: nothing it knows")
+
+
 def test_bad_bar_ranges_and_no_piece_say_what_is_wrong(quiet_studio, chorale_midi):
     for action in (lambda: quiet_studio.regenerate_bars([], 1, 0, 1),
                    lambda: quiet_studio.add_part([], 1, "Choir Aahs")):
@@ -829,6 +844,12 @@ def test_every_endpoint_is_callable_with_its_defaults_and_names_its_outputs(serv
     with pytest.raises(AppError, match="Notes per bar — density must be a number of notes per bar >= 0, got -3"):
         client.predict(density="-3", api_name="/add_part")
     client.predict(api_name="/stop")  # nothing under way: nothing to stop, and no error
+    described = dict(zip([r["label"] for r in api["/describe"]["returns"]],
+                         client.predict(text="a folk song in G", api_name="/describe")))
+    # (updates: a component the words do not name keeps its value)
+    assert described["Genre"]["value"] == "folk song" and described["Key"]["value"] == "G major"
+    assert "value" not in described["Instruments"]
+    assert described["What the words set"].startswith("Understood: genre folk song")
     with pytest.raises(AppError, match="Variations — Value 0 is less than minimum value 1"):
         client.predict(variations=0, api_name="/generate")
 
@@ -938,6 +959,19 @@ def test_the_page_in_a_real_browser(served_app, chorale_midi, tmp_path):
             undo.click()
             expect(page.get_by_text("Regenerated bars 1-2")).to_have_count(0, timeout=30_000)
             assert notes_of(download_midi(page, "MIDI 1")) == notes_of(original)
+
+            # a description in words sets the controls it names, and says what it read and what not
+            description = page.get_by_label("Describe it (optional)")
+            description.fill("a slow four-part chorale in E flat major for choir and violin, 3/4, dreamy")
+            description.press("Enter")
+            expect(page.get_by_text(re.compile(r"Understood: .*genre chorale \('chorale'\)")).first).to_be_visible(
+                timeout=30_000)
+            expect(page.get_by_text("Not used: dreamy").first).to_be_visible()
+            expect(page.get_by_label("Key")).to_have_value("Eb major")
+            expect(page.get_by_label("Notes at once")).to_have_value("4")
+            expect(page.get_by_label("Time signature (new pieces)")).to_have_value("3/4")
+            expect(page.get_by_label("number input for Tempo (BPM, new pieces)")).to_have_value("70")
+            page.screenshot(path=str(artifacts / "space-described.png"), full_page=True)
         finally:
             browser.close()
 
