@@ -46,8 +46,10 @@ class MusicGenerationPipeline(Pipeline):
 
     Keywords (at construction or per call): `return_type` ("score", "midi" or "ids"); `genre` (a name or id of
     `model.config.id2genre`); `prompt_bars`, `time_signature`, `tempo` (how the prompt or the opening bar is
-    made), `prompt_mapping` (bring a music prompt to what the model learned; default True); `max_new_tokens`, `num_return_sequences`, `temperature`, `top_k`, `top_p`, `do_sample`, `seed`,
-    `programs`, `constrained` and any other `generate()` keyword.
+    made), `prompt_mapping` (bring a music prompt to what the model learned; default True); `description` (the
+    settings in words, `music_hf.text_prompt`; the keywords above win over it); `max_new_tokens`,
+    `num_return_sequences`, `temperature`, `top_k`, `top_p`, `do_sample`, `seed`, `programs`, `constrained` and any
+    other `generate()` keyword.
     """
 
     _load_tokenizer = True
@@ -81,6 +83,19 @@ class MusicGenerationPipeline(Pipeline):
                              max_new_tokens: int | None = None, num_return_sequences: int | None = None,
                              **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         preprocess_params = {k: kwargs.pop(k) for k in PREPROCESS_KEYS if k in kwargs}
+        description = kwargs.pop("description", None)
+        if description is not None:  # the settings in words (generate_music's `description`); keywords win
+            from .text_prompt import settings_from_text
+
+            said = settings_from_text(description, self.tokenizer, self.model)
+            for key in ("time_signature", "tempo"):  # they open a new piece: preprocess's
+                if getattr(said, key) is not None and preprocess_params.get(key) is None:
+                    preprocess_params[key] = getattr(said, key)
+            genre = said.genre if genre is None else genre
+            if said.programs is not None and kwargs.get("programs") is None:
+                kwargs["programs"] = said.programs
+            if said.controls:
+                kwargs["controls"] = {**said.controls, **(kwargs.get("controls") or {})}
         if preprocess_params.get("prompt_bars") is not None:
             _positive_int("prompt_bars", preprocess_params["prompt_bars"])
         forward_params = dict(kwargs)

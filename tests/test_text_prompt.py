@@ -88,3 +88,28 @@ def test_generate_music_with_a_description_is_the_same_as_its_keywords(tokenizer
     # a keyword beside the description wins over it
     wins = generate_music(model, tokenizer_module, description=text, time_signature="3/4", max_new_tokens=8, seed=1)
     assert any(t.startswith("TimeSig_3/4") for t in tokenizer_module.convert_ids_to_tokens(wins[0].ids))
+
+
+def test_the_pipeline_reads_a_description_as_generate_music_does(tokenizer_module, model):
+    from transformers import pipeline
+
+    pipe = pipeline("music-generation", model=model, tokenizer=tokenizer_module, device="cpu")
+    text = "a slow jig in D minor for flute"
+    out = pipe(description=text, max_new_tokens=24, seed=2, return_type="ids")[0]
+    direct = generate_music(model, tokenizer_module, description=text, max_new_tokens=24, seed=2)[0]
+    assert out["token_ids"] == direct.ids
+
+
+def test_the_command_line_reads_a_description(tokenizer_module, model, tmp_path, capsys):
+    import json
+
+    from music_hf.cli import main as cli_main
+
+    model.save_pretrained(tmp_path / "model")
+    tokenizer_module.save_pretrained(tmp_path / "model")
+    assert cli_main(["generate", "--model", str(tmp_path / "model"), "--describe", "a jig in G for flute, dreamy",
+                     "--max_new_tokens", "16", "--out", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert "genre fiddle tune ('jig')" in err and "Not used: dreamy" in err
+    written = json.loads(out.strip().splitlines()[-1])
+    assert written["genre"] == "fiddle tune" and written["midi"].endswith("fiddle_tune_0_0.mid")
