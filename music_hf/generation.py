@@ -221,8 +221,42 @@ class MusicGrammarLogitsProcessor(LogitsProcessor):
             mask[empty, self.eos_id] = True
         return mask
 
+    def _one_row_mask(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """The mask of `allowed_mask` for one row (B = 1, no note counts) from a state kept as Python ints and a
+        cache of the masks per (table row, position low bound, bar length): at a generation step a dict lookup
+        instead of the state's and the mask's tensor ops (the same values: a cache miss builds its mask with
+        `_mask_from`). None where it does not apply (the caller takes `allowed_mask`)."""
+        if input_ids.dim() != 2 or input_ids.shape[0] != 1 or self.closes_notes or input_ids.shape[1] == 0:
+            return None
+        if self.allowed.device != input_ids.device:
+            self._to(input_ids.device)
+        kept = self.__dict__.get("_row")  # (the previous call's ids, its (program, low, length))
+        last = int(input_ids[0, -1])
+        if (kept is not None and kept[0].shape[1] + 1 == input_ids.shape[1] and kept[0].device == input_ids.device
+                and torch.equal(input_ids[:, :-1], kept[0])):
+            carry = self.__dict__.get("_carry_list") or self.__dict__.setdefault("_carry_list",
+                                                                                  self.carry_table.tolist())
+            values = tuple(new if new != -1 else old for new, old in zip(carry[last], kept[1]))
+        else:
+            values = tuple(self._scan(input_ids)[0][0].tolist())
+        self._row = (input_ids.clone(), values)
+        self._prev_ids = self._state = None  # (the batched path's state no longer follows these calls)
+        rows, classes = self._lists()
+        key = (rows[last] + classes[values[0] + 1], values[1], values[2])
+        cache = self.__dict__.setdefault("_row_masks", {})
+        mask = cache.get(key)
+        if mask is None:
+            if len(cache) >= 4096:
+                cache.clear()
+            mask = cache[key] = self._mask_from(input_ids[:, -1], torch.tensor([values], device=input_ids.device),
+                                                None)
+        return mask
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        mask = self.allowed_mask(input_ids)
+        mask = self._one_row_mask(input_ids)
+        if mask is None:
+            self._row = None
+            mask = self.allowed_mask(input_ids)
         width = scores.shape[-1]
         if mask.shape[-1] < width:  # ids past the tokenizer's (a model padded to a multiple): never generated
             mask = torch.cat([mask, mask.new_zeros(len(mask), width - mask.shape[-1])], dim=-1)

@@ -93,6 +93,29 @@ def test_one_row_growing_prefixes_match_full_scan(tok, pieces):
         _check_steps(processor, torch.tensor([ids]), 5, reference)  # restart: a new prompt of 6 tokens, then steps
 
 
+def _check_calls(processor, rows: torch.Tensor, start: int, reference: FullScan) -> None:
+    """As `_check_steps`, through the processor's call (one row: the Python state and the mask cache)."""
+    scores = torch.zeros(rows.shape[0], len(reference.first_kind) + 3)  # a model's vocabulary can be wider
+    for n in range(start + 1, rows.shape[1] + 1):
+        got = torch.isfinite(processor(rows[:, :n], scores.clone()))
+        want = reference.allowed_mask(rows[:, :n])
+        assert torch.equal(got[:, :want.shape[1]], want) and not got[:, want.shape[1]:].any(), n
+
+
+def test_one_row_calls_match_full_scan(tok, pieces):
+    """The call's one-row path (a state in Python ints, masks cached per table row, position bound and bar length)
+    gives the full scan's masks: across pieces, restarts from new prompts, and a batch of two in between."""
+    reference, processor = FullScan(tok), MusicGrammarLogitsProcessor(tok)
+    for ids in pieces:
+        _check_calls(processor, torch.tensor([ids]), 0, reference)
+        _check_calls(processor, torch.tensor([ids]), 7, reference)  # restart: a new prompt of 8 tokens
+    n = min(len(pieces[0]), len(pieces[1]))
+    _check_calls(processor, torch.tensor([pieces[0][:n], pieces[1][:n]]), n // 2, reference)  # two rows
+    _check_calls(processor, torch.tensor([pieces[1]]), 3, reference)  # one row again
+    if not processor.closes_notes:  # (MIDILike's note counts take the batched path)
+        assert 0 < len(processor._row_masks) < sum(map(len, pieces))  # masks came from the cache
+
+
 def test_batch_reordering_and_restarts_match_full_scan(tok, pieces):
     reference, processor = FullScan(tok), MusicGrammarLogitsProcessor(tok)
     n = min(len(pieces[0]), len(pieces[1]), len(pieces[2]))
@@ -125,22 +148,23 @@ def test_generate_music_same_ids_as_full_scan(tok, kwargs, monkeypatch):
     config = MusicConfig.from_tokenizer(tok, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                         intermediate_size=64)
     model = MusicForCausalLM(config).eval()
-    calls = {"scan": 0, "step": 0}
+    calls = {"scan": 0, "call": 0}
 
     class Counting(MusicGrammarLogitsProcessor):
         def _scan(self, input_ids):
             calls["scan"] += 1
             return super()._scan(input_ids)
 
-        def _advance(self, state, token):
-            calls["step"] += 1
-            return super()._advance(state, token)
+        def __call__(self, input_ids, scores):
+            calls["call"] += 1
+            return super().__call__(input_ids, scores)
 
     monkeypatch.setattr(generation, "MusicGrammarLogitsProcessor", Counting)
     new = [p.ids for p in generate_music(model, tok, max_new_tokens=48, **kwargs)]
     monkeypatch.setattr(generation, "MusicGrammarLogitsProcessor", FullScan)
     old = [p.ids for p in generate_music(model, tok, max_new_tokens=48, **kwargs)]
     assert new == old
+    calls["step"] = calls["call"] - calls["scan"]
     assert calls["step"] > 0 and calls["scan"] >= 1  # the incremental path ran
     if "num_beams" not in kwargs:
         assert calls["scan"] == 1, calls  # sampling: one full scan of the prompt, then one token per step
