@@ -16,6 +16,7 @@ repetitions.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -110,11 +111,15 @@ def sync(device: torch.device) -> None:
 
 def interleaved(fns: dict[str, Callable[[], Any]], reps: int, device: torch.device) -> dict[str, list[float]]:
     """Seconds per call of each function, called in turn `reps` times, the order reversed every other round
-    (A B, B A, A B ...) so that neither side always runs first."""
+    (A B, B A, A B ...) so that neither side always runs first. Each call starts after a full garbage collection
+    (not timed): otherwise the collections that the garbage of earlier calls sets off land on every other call,
+    whichever function it is (seen in the tokenizer rows: calls alternating between 0.57 s and 0.82 s, so the
+    medians compared a slow slot with a fast one); a collection the call's own garbage sets off still counts."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for rep in range(reps):
         for name in (list(fns) if rep % 2 == 0 else list(fns)[::-1]):
             fn = fns[name]
+            gc.collect()
             sync(device)
             start = time.perf_counter()
             fn()
