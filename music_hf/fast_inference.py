@@ -39,6 +39,7 @@ import io
 import logging
 import os
 import tempfile
+import time
 import warnings
 import weakref
 from typing import Any
@@ -48,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
+from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria, MaxTimeCriteria
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .modeling_music import CARRIED_STATE, CONV_STATE, _norm_step, _unhooked
@@ -389,6 +391,7 @@ class _FastSampling:
         processors = list(logits_processor)
         if any(len(inspect.signature(processor.__call__).parameters) > 2 for processor in processors):
             processors = [logits_processor]  # one that takes more (the list raises its own error)
+        stops = _python_stops(stopping_criteria) if batch == 1 else None
         while True:
             next_scores = logits
             for processor in processors:
@@ -401,6 +404,15 @@ class _FastSampling:
                 next_tokens = torch.multinomial(F.softmax(next_scores, dim=-1), num_samples=1).squeeze(1)
             else:
                 next_tokens = torch.argmax(next_scores, dim=-1)
+            if stops is not None:  # one row, the usual criteria: checked in Python (no finished row to pad)
+                input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+                if streamer is not None:
+                    streamer.put(next_tokens.cpu())
+                if stops(input_ids.shape[1], int(next_tokens[0])):
+                    break
+                positions = positions + 1
+                logits = decoder.next_logits(feeds, next_tokens[:, None], positions)
+                continue
             if has_eos:
                 next_tokens = next_tokens * unfinished + pad * (1 - unfinished)
             input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
@@ -417,6 +429,29 @@ class _FastSampling:
             return GenerateDecoderOnlyOutput(sequences=input_ids, scores=scores, logits=raw_logits,
                                              cache=feeds.get("cache"))
         return input_ids
+
+
+def _python_stops(criteria: Any) -> Any:
+    """For one row: a function (sequence length, new token) -> stop, equal to `criteria`'s verdict where every
+    criterion is one of transformers' MaxLengthCriteria, EosTokenCriteria and MaxTimeCriteria (what `generate`
+    builds from max_new_tokens, the EOS id and max_time); None for any other (it is called as it is)."""
+    lengths, eos, times = [], set(), []
+    for criterion in criteria:
+        kind = type(criterion)
+        if kind is MaxLengthCriteria:
+            lengths.append(int(criterion.max_length))
+        elif kind is EosTokenCriteria:
+            eos.update(torch.as_tensor(criterion.eos_token_id).view(-1).tolist())
+        elif kind is MaxTimeCriteria:
+            times.append((criterion.initial_timestamp, criterion.max_time))
+        else:
+            return None
+    longest = min(lengths, default=None)
+
+    def stop(length: int, token: int) -> bool:
+        return ((longest is not None and length >= longest) or token in eos
+                or any(time.time() - start > limit for start, limit in times))
+    return stop
 
 
 # the model inputs the loop passes on (prefill) or carries itself (cache, positions, genre); anything else set

@@ -166,3 +166,29 @@ def piece_ids(real_midi_paths) -> list[list[int]]:
     tokenizer = MusicTokenizer()
     pieces = [tokenizer(p)["input_ids"] for p in real_midi_paths]
     return [ids for ids in pieces if len(ids) >= 240]
+
+
+def test_one_row_stopping_checks_agree_with_transformers_criteria():
+    """The lean loop's Python checks for one row (`_python_stops`) say what StoppingCriteriaList says, for the
+    criteria generate builds (length, EOS ids, time); any other criterion keeps transformers' call."""
+    import time
+
+    from transformers.generation.stopping_criteria import (EosTokenCriteria, MaxLengthCriteria, MaxTimeCriteria,
+                                                            StoppingCriteria, StoppingCriteriaList)
+
+    from music_hf.fast_inference import _python_stops
+
+    criteria = StoppingCriteriaList([MaxLengthCriteria(12), EosTokenCriteria([2, 5]),
+                                     MaxTimeCriteria(60.0)])
+    stop = _python_stops(criteria)
+    for length in (3, 11, 12, 13):
+        for token in (1, 2, 5, 7):
+            ids = torch.tensor([[9] * (length - 1) + [token]])
+            assert stop(length, token) == bool(criteria(ids, None)[0]), (length, token)
+    late = StoppingCriteriaList([MaxTimeCriteria(0.5, initial_timestamp=time.time() - 1)])
+    assert _python_stops(late)(3, 1) and bool(late(torch.tensor([[1, 1, 1]]), None)[0])
+
+    class Custom(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.zeros(len(input_ids), dtype=torch.bool)
+    assert _python_stops(StoppingCriteriaList([MaxLengthCriteria(12), Custom()])) is None
