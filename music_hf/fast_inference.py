@@ -23,7 +23,8 @@ batches, attentions or hidden states in the output, model inputs other than the 
 `DynamicCache`; for the ONNX backends also forward hooks on the model's modules and other devices than the CPU)
 runs in transformers' loop as usual.
 Classifier-free guidance's unconditional forward stays PyTorch (transformers' processor calls the model itself).
-With `return_dict_in_generate`, scores and logits come back as usual but no cache (the session holds the state).
+With `return_dict_in_generate`, scores and logits come back as usual, and the cache with "torch" (with the ONNX
+backends none: the session holds the state).
 
 ONNX Runtime and `onnx` come with the optional extra `fast` (`pip install music-hf[fast]`); `available_backends()`
 lists what this installation can run. The exported graph lives in memory, made once per model and weights
@@ -103,7 +104,7 @@ def fast_model(model: Any, backend: str = "onnx") -> Any:
             fast.__class__ = _fast_class(type(model))
             fast._decoder = TorchDecoder()
             kept["torch"] = (None, fast, None)
-        return kept["torch"][1]
+        return _synced(kept["torch"][1], model)
     if not music:
         raise ValueError(f"backend {backend!r} runs MusicForCausalLM models, not {type(model).__name__}")
     if next(model.parameters()).device.type != "cpu":
@@ -112,11 +113,20 @@ def fast_model(model: Any, backend: str = "onnx") -> Any:
     print_ = _fingerprint(model)
     kept = _FAST.setdefault(model, {})
     if backend in kept and kept[backend][0] == print_ and kept[backend][2] == torch.get_num_threads():
-        return kept[backend][1]
+        return _synced(kept[backend][1], model)
     fast = copy.copy(model)  # the same modules, parameters and configs
     fast.__class__ = _fast_class(type(model))
     fast._decoder = OnnxDecoder(model, quantize=backend == "onnx-int8")
     kept[backend] = (print_, fast, torch.get_num_threads())
+    return fast
+
+
+def _synced(fast: nn.Module, model: nn.Module) -> nn.Module:
+    """The kept copy with `model`'s attributes as they are now (a generation_config or config replaced since, the
+    training flag): the copy shares what they point to, not later assignments."""
+    decoder = fast.__dict__["_decoder"]
+    fast.__dict__.update(model.__dict__)
+    fast.__dict__["_decoder"] = decoder
     return fast
 
 

@@ -42,6 +42,9 @@ def test_torch_backend_lean_loop_gives_model_generate_tokens(tokenizer, piece_id
     model = tiny_model(tokenizer, seed=4, norm_type=norm, conv_kernel_size=conv, position_embedding_type=position)
     lean = fast_model(model, "torch")
     assert lean is fast_model(model, "torch") and lean is not model and type(lean).__name__ == "FastMusicForCausalLM"
+    # a generation config assigned later is the copy's too
+    model.generation_config = type(model.generation_config)(**model.generation_config.to_dict())
+    assert fast_model(model, "torch").generation_config is model.generation_config
     prompt = torch.tensor([piece_ids[0][:20]])
     kwargs = dict(attention_mask=torch.ones_like(prompt), genre_ids=torch.tensor([1]), max_new_tokens=64,
                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
