@@ -260,8 +260,7 @@ def generate(args: GenerateArguments, sampling: Any) -> list[str]:
         print(said.summary(), file=sys.stderr)
         if genres == [None] and said.genre is not None:
             genres = [said.genre]
-        if said.controls:  # (generate_music reads the rest of the description itself)
-            controls = {**said.controls, **(controls or {})}
+        controls = said.merged(controls=controls)["controls"]  # (generate_music reads the rest itself)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.infill_bars is not None or args.accompany_program is not None:

@@ -234,9 +234,9 @@ class MusicGrammarLogitsProcessor(LogitsProcessor):
         last = int(input_ids[0, -1])
         if (kept is not None and kept[0].shape[1] + 1 == input_ids.shape[1] and kept[0].device == input_ids.device
                 and torch.equal(input_ids[:, :-1], kept[0])):
-            carry = self.__dict__.get("_carry_list") or self.__dict__.setdefault("_carry_list",
-                                                                                  self.carry_table.tolist())
-            values = tuple(new if new != -1 else old for new, old in zip(carry[last], kept[1]))
+            if "_carry_list" not in self.__dict__:  # carry_table's rows as Python lists (kept)
+                self._carry_list = self.carry_table.tolist()
+            values = tuple(new if new != -1 else old for new, old in zip(self._carry_list[last], kept[1]))
         else:
             values = tuple(self._scan(input_ids)[0][0].tolist())
         self._row = (input_ids.clone(), values)
@@ -580,13 +580,9 @@ def generate_music(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, ge
     if description is not None:
         from .text_prompt import settings_from_text
 
-        said = settings_from_text(description, tokenizer, model)
-        genre = said.genre if genre is None else genre
-        programs = said.programs if programs is None else programs
-        time_signature = said.time_signature if time_signature is None else time_signature
-        tempo = said.tempo if tempo is None else tempo
-        if said.controls:
-            controls = {**said.controls, **(controls or {})}
+        settings = settings_from_text(description, tokenizer, model).merged(genre, programs, time_signature, tempo,
+                                                                             controls)
+        genre, programs, time_signature, tempo, controls = settings.values()
     head, body, changes = prompt_for_model(model, tokenizer, prompt, prompt_bars, time_signature, tempo, controls,
                                            prompt_mapping, genre)
     max_ctx = _context_room(model)

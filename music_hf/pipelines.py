@@ -87,15 +87,14 @@ class MusicGenerationPipeline(Pipeline):
         if description is not None:  # the settings in words (generate_music's `description`); keywords win
             from .text_prompt import settings_from_text
 
-            said = settings_from_text(description, self.tokenizer, self.model)
+            settings = settings_from_text(description, self.tokenizer, self.model).merged(
+                genre, kwargs.get("programs"), preprocess_params.get("time_signature"), preprocess_params.get("tempo"),
+                kwargs.get("controls"))
+            genre = settings.pop("genre")
             for key in ("time_signature", "tempo"):  # they open a new piece: preprocess's
-                if getattr(said, key) is not None and preprocess_params.get(key) is None:
-                    preprocess_params[key] = getattr(said, key)
-            genre = said.genre if genre is None else genre
-            if said.programs is not None and kwargs.get("programs") is None:
-                kwargs["programs"] = said.programs
-            if said.controls:
-                kwargs["controls"] = {**said.controls, **(kwargs.get("controls") or {})}
+                if settings[key] is not None:
+                    preprocess_params[key] = settings[key]
+            kwargs.update({k: settings[k] for k in ("programs", "controls") if settings[k] is not None})
         if preprocess_params.get("prompt_bars") is not None:
             _positive_int("prompt_bars", preprocess_params["prompt_bars"])
         forward_params = dict(kwargs)

@@ -118,6 +118,16 @@ class TextSettings:
             out["controls"] = dict(self.controls)
         return out
 
+    def merged(self, genre: Any = None, programs: Any = None, time_signature: str | None = None,
+               tempo: float | None = None, controls: dict[str, Any] | None = None) -> dict[str, Any]:
+        """These settings with the caller's own winning: each keyword given (not None) over the description's, and
+        the caller's controls over the description's control by control."""
+        return {"genre": self.genre if genre is None else genre,
+                "programs": self.programs if programs is None else programs,
+                "time_signature": self.time_signature if time_signature is None else time_signature,
+                "tempo": self.tempo if tempo is None else tempo,
+                "controls": {**self.controls, **(controls or {})} if self.controls else controls}
+
     def summary(self) -> str:
         """One line: what each group of words set, then the unused words and the notes."""
         parts = [f"{setting} ('{words}')" for words, setting in self.understood] or ["nothing it knows"]
@@ -199,9 +209,6 @@ def settings_from_text(text: str, tokenizer: MusicTokenizer, model: Any = None) 
     controls = set(tokenizer.control_names)
 
     def control(name: str, value: Any, words: str, shown: str) -> None:
-        if name == "key" and "key" in controls and not _valid_key(tokenizer, value):
-            out.notes.append(f"'{words}' is no key the tokenizer knows.")
-            return
         if name not in controls:
             out.notes.append(f"'{words}' asks for a {name.replace('_', ' ')} this model has no control for.")
             return
@@ -290,14 +297,6 @@ def _key(out: TextSettings, control: Any, match: re.Match, text: str) -> None:
     # the tokenizer's spelling of the tonic (Db -> C#, A# -> Bb), as the key controls and the Space name keys
     name = f"{KEY_TONICS[(_NATURALS[match.group(1).lower()] + shift) % 12]} {mode}"
     control("key", name, text[match.start():match.end()], f"key {name}")
-
-
-def _valid_key(tokenizer: MusicTokenizer, name: str) -> bool:
-    try:
-        tokenizer.control_ids({"key": name})
-    except ValueError:
-        return False
-    return True
 
 
 __all__ = ["TextSettings", "settings_from_text", "GENRE_WORDS", "TEMPO_WORDS", "METER_WORDS", "DENSITY_WORDS",
