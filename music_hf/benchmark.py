@@ -61,7 +61,7 @@ class Settings:
 
     collections: tuple[str, ...] = ("bach", "essenFolksong", "ryansMammoth", "trecento")
     pieces_per_collection: int = 50
-    token_reps: int = 7
+    token_reps: int = 15  # its ratio swings by a few % between passes (garbage collection, caches): a longer median
     map_reps: int = 5
     map_scale_repeat: int = 10  # datasets.map scaling (num_proc 1 vs 2) on the files this many times over
     hidden_size: int = 128  # the shape of scripts/configs/small.yaml (without its conv, which GPT-2 lacks)

@@ -852,3 +852,27 @@ def test_fuzz_many_mutations_in_a_subprocess(real_midi_paths, tmp_path):
                                     f"{tmp_path / 'current.mid'}\n{result.stderr[-3000:]}")
     slowest = float(result.stdout.split("slowest")[-1])
     assert slowest < 10.0, f"one mutated file took {slowest:.1f} s to tokenize"
+
+
+def test_special_tokens_around_a_sequence_are_transformers_own(real_midi_paths):
+    """MusicTokenizer keeps the BOS/EOS ids of the "bos_eos" layout instead of resolving them at each use; every
+    layout, a changed BOS or EOS and an unset one must give what transformers' generic hook gives."""
+    from transformers.tokenization_python import PythonBackend
+
+    def generic(tok, a, b=None):
+        return PythonBackend.build_inputs_with_special_tokens(tok, a, b)
+
+    tokenizer = MusicTokenizer()
+    body = tokenizer.encode_score(real_midi_paths[0])
+    for pattern in ("bos_eos", "eos", "bos", "none", "bos_eos"):
+        tokenizer.special_tokens_pattern = pattern
+        for a, b in ((body, None), (body, body[:7]), ([], None), ([], [])):
+            assert tokenizer.build_inputs_with_special_tokens(a, b) == generic(tokenizer, a, b)
+        assert tokenizer.num_special_tokens_to_add() == len(generic(tokenizer, []))
+        assert tokenizer(real_midi_paths[0])["input_ids"] == generic(tokenizer, body)
+    first = tokenizer(real_midi_paths[0])["input_ids"]
+    assert first[0] == tokenizer.bos_token_id and first[-1] == tokenizer.eos_token_id
+    tokenizer.bos_token = tokenizer.mask_token  # another token: the kept ids follow it
+    assert tokenizer(real_midi_paths[0])["input_ids"] == [tokenizer.mask_token_id, *body, tokenizer.eos_token_id]
+    tokenizer.eos_token = None  # unset: transformers' own rule (its id is None there)
+    assert tokenizer.build_inputs_with_special_tokens(body) == generic(tokenizer, body)
