@@ -153,6 +153,9 @@ class GenerateArguments:
                                                           'piece: the model\'s choice)')
     guidance_scale: float | None = HfArg(default=None, help="classifier-free guidance toward the controls and the "
                                                             "genre (> 1 pulls harder; none or 1: off)")
+    repeat_bias: float | None = HfArg(default=None, help="repeat completion: logit added to carry on a bar that "
+                                                         "began as an earlier bar began (0: off; none: "
+                                                         "generate_music's default, REPEAT_BIAS)")
     describe: str | None = HfArg(default=None, help='the settings in words: "a sparse jig in D minor for flute, '
                                                     '100 bpm" (genre, instruments, time signature, tempo, key, '
                                                     'density, polyphony, range, timing; music_hf.text_prompt); '
@@ -274,7 +277,8 @@ def generate(args: GenerateArguments, sampling: Any) -> list[str]:
                 constrained=not args.unconstrained, prompt_bars=args.prompt_bars, programs=programs,
                 time_signature=args.time_signature, tempo=args.tempo, num_return_sequences=args.num_return_sequences,
                 seed=args.seed, controls=controls, guidance_scale=args.guidance_scale, backend=args.backend,
-                prompt_mapping=not args.no_prompt_mapping, description=args.describe, **dataclasses.asdict(sampling))
+                prompt_mapping=not args.no_prompt_mapping, description=args.describe,
+                **({} if args.repeat_bias is None else {"repeat_bias": args.repeat_bias}), **dataclasses.asdict(sampling))
         for i, piece in enumerate(pieces):
             path = out / f"{(genre or 'any').replace(' ', '_')}_{args.seed}_{i}.mid"
             piece.score.dump_midi(str(path))

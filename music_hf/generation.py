@@ -25,8 +25,8 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from .modeling_music import carry_forward
 from .prompt_mapping import _genre_kwargs, map_prompt, usual_programs
-from .tokenization_music import (CONTROL_TYPES, DRUM_KINDS, DRUM_PROGRAM, KIND_INDEX, PITCHED_KINDS, TOKEN_KINDS,
-                                 MusicFileError, MusicTokenizer, _source_name, is_music_input, load_score)
+from .tokenization_music import (CONTROL_TYPES, DRUM_KINDS, DRUM_PROGRAM, KIND_INDEX, NOTE_START_KINDS, PITCHED_KINDS,
+                                 TOKEN_KINDS, MusicFileError, MusicTokenizer, _source_name, is_music_input, load_score)
 
 NOTE_END_KINDS = [KIND_INDEX[k] for k in ("Duration", "NoteOff", "DrumOff")]  # a note is complete after these
 NUM_PITCHES = 128
@@ -266,6 +266,106 @@ class MusicGrammarLogitsProcessor(LogitsProcessor):
 # transformers' LogitsProcessorList reads each processor's signature at every step: a precomputed one is found at
 # once (about 5 us a step instead of 8)
 MusicGrammarLogitsProcessor.__call__.__signature__ = inspect.signature(MusicGrammarLogitsProcessor.__call__)
+
+REPEAT_BIAS = 6.0  # generate_music's default repeat completion (BENCHMARKS.md, "Repeats": measured 0, 2, 4, 6, 8)
+REPEAT_MIN_NOTES = 2  # notes of a bar that must match an earlier bar's opening before its completion is favoured
+
+
+class MusicRepeatLogitsProcessor(LogitsProcessor):
+    """Repeat completion: once the bar being written has reproduced the opening of an earlier bar of the sequence
+    (prompt included) for `min_notes` notes, `bias` is added to the logits of the tokens that carry on such a bar
+    (its next token, or the Bar that closes it where it ends there). Whether a bar starts as a repeat stays the
+    model's choice; once it has, it is carried through instead of drifting a note or a duration away from it.
+
+    Why: a small model knows a repeat is coming but copies loosely (music-hf-base gives the pitches of a held-out
+    fiddle tune's repeated bars 0.56 nats each, so at temperature 1 a whole 6-note bar comes back exactly about one
+    time in a hundred), and lowering the temperature buys repeats with pitch variety everywhere. Velocity tokens
+    are left out of the comparison (a repeat may be played louder) and never biased; tokens before the first Bar
+    (BOS, controls) are not part of a bar. Only for tokenizations with Bar tokens and without BPE (an id there may
+    hold a bar line inside it); elsewhere it changes nothing (`active` is False).
+
+    State per row: the bars seen so far in a trie (a completed bar is added once) and the current bar's node in it,
+    advanced by each new token: O(1) per generation step (a new prompt or a changed history is read again whole).
+    """
+
+    def __init__(self, tokenizer: MusicTokenizer, bias: float = REPEAT_BIAS, min_notes: int = REPEAT_MIN_NOTES):
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias) or bias < 0:
+            raise ValueError(f"repeat_bias must be a number >= 0 (0: off), got {bias!r}")
+        if isinstance(min_notes, bool) or not isinstance(min_notes, int) or min_notes < 1:
+            raise ValueError(f"min_notes must be an int >= 1, got {min_notes!r}")
+        self.bias, self.min_notes = float(bias), min_notes
+        kind = tokenizer.token_table.kind
+        self.bar_id = None
+        if not tokenizer.miditok.is_trained and bias > 0:
+            bars = np.flatnonzero(kind == KIND_INDEX["Bar"])
+            self.bar_id = int(bars[0]) if len(bars) == 1 else None
+        self.active = self.bar_id is not None
+        # per id: 0 other, 1 bar line, 2 left out (velocity, specials), 3 starts a note, 4 a pitch (a velocity next)
+        role = np.zeros(len(kind), dtype=np.int64)
+        left_out = np.isin(kind, [KIND_INDEX[k] for k in ("Velocity", "special", *COMPOSITION_KINDS)])
+        role[left_out] = 2
+        role[np.isin(kind, [KIND_INDEX[k] for k in NOTE_START_KINDS])] = 3
+        if np.any(kind == KIND_INDEX["Velocity"]):
+            role[np.isin(kind, [KIND_INDEX[k] for k in ("Pitch", "PitchDrum")])] = 4
+        if self.bar_id is not None:
+            role[self.bar_id] = 1
+        self._role = role.tolist()
+        self._prev: torch.Tensor | None = None
+        self._rows: list[dict[str, Any]] = []
+
+    @staticmethod
+    def _new_row() -> dict[str, Any]:
+        return {"trie": {}, "bar": None, "node": None, "notes": 0, "last_role": 0}
+
+    def _advance(self, row: dict[str, Any], token: int) -> None:
+        role = self._role[token] if 0 <= token < len(self._role) else 2
+        if role == 1:  # a bar line: the bar before it (if any) joins the trie; a new bar starts at the root
+            if row["bar"]:
+                node = row["trie"]
+                for t in row["bar"]:
+                    node = node.setdefault(t, {})
+                node[None] = True  # a bar may end here
+            row["bar"], row["node"], row["notes"] = [], row["trie"], 0
+        elif role != 2 and row["bar"] is not None:
+            row["bar"].append(token)
+            row["notes"] += role >= 3
+            node = row["node"]
+            row["node"] = node.get(token) if node is not None else None
+        row["last_role"] = role
+
+    def _favoured(self, row: dict[str, Any]) -> list[int]:
+        node = row["node"]
+        if not node or row["notes"] < self.min_notes or row["last_role"] == 4:  # (a velocity comes next)
+            return []
+        return [self.bar_id if t is None else t for t in node]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if not self.active:
+            return scores
+        prev = self._prev
+        if (prev is not None and len(self._rows) == input_ids.shape[0] and prev.shape[1] + 1 == input_ids.shape[1]
+                and prev.device == input_ids.device and torch.equal(input_ids[:, :-1], prev)):
+            for row, token in zip(self._rows, input_ids[:, -1].tolist()):
+                self._advance(row, token)
+        else:  # a first call, a new prompt or a changed history: read each row whole
+            self._rows = []
+            for ids in input_ids.tolist():
+                row = self._new_row()
+                for token in ids:
+                    self._advance(row, token)
+                self._rows.append(row)
+        self._prev = input_ids.clone()
+        given = scores
+        for r, row in enumerate(self._rows):
+            favoured = [t for t in self._favoured(row) if t < scores.shape[-1]]
+            if favoured:
+                if scores is given:
+                    scores = scores.clone()  # (the caller's logits stay as they were)
+                scores[r, favoured] += self.bias
+        return scores
+
+
+MusicRepeatLogitsProcessor.__call__.__signature__ = inspect.signature(MusicRepeatLogitsProcessor.__call__)
 
 
 def _control_split(tokenizer: MusicTokenizer, controls: Mapping[str, Any] | None,
@@ -547,7 +647,7 @@ def generate_music(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, ge
                    top_p: float | None = None, do_sample: bool = True, num_return_sequences: int = 1,
                    seed: int | None = None, controls: Mapping[str, Any] | None = None,
                    guidance_scale: float | None = None, prompt_mapping: bool = True, description: str | None = None,
-                   **generate_kwargs: Any) -> list[GeneratedPiece]:
+                   repeat_bias: float = REPEAT_BIAS, **generate_kwargs: Any) -> list[GeneratedPiece]:
     """Continue `prompt` (or start from nothing) and return each variation with its ids and Score.
 
     `description`: the settings in words ("a sparse jig in D minor for flute, 100 bpm"), read by
@@ -573,6 +673,10 @@ def generate_music(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, ge
     prompt plus the genre's usual ones (`music_hf.prompt_mapping.usual_programs`, measured from the model: what it
     opens a piece of the genre with), or any where the model has no usual ones; "any": every instrument.
 
+    `repeat_bias` (0: off): repeat completion (`MusicRepeatLogitsProcessor`): once a bar has begun as an earlier bar
+    of the piece (prompt included) began, for REPEAT_MIN_NOTES notes, that bar's continuation gets this much more
+    logit, so a repeat the model starts comes back whole (BENCHMARKS.md, "Repeats", measures it per genre).
+
     `backend="onnx"` (or "onnx-int8") decodes on the CPU with ONNX Runtime, same tokens, faster
     (`music_hf.fast_inference`; the extra `fast`); "torch" (the default) runs the PyTorch model's decoding step in
     the same lean loop (the tokens of `model.generate`).
@@ -592,7 +696,9 @@ def generate_music(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, ge
         max_new_tokens = min(max_new_tokens, max_ctx - len(head) - len(body))
     ids = head + body
     programs = _allowed_programs(model, tokenizer, programs, body, genre) if constrained else None
-    processors = [MusicGrammarLogitsProcessor(tokenizer, programs=programs)] if constrained else []
+    processors = [MusicRepeatLogitsProcessor(tokenizer, repeat_bias)] if repeat_bias else []
+    if constrained:
+        processors.append(MusicGrammarLogitsProcessor(tokenizer, programs=programs))
     rows = _sample(model, tokenizer, ids, uncond=[tokenizer.bos_token_id] + body, genre=genre,
                    processors=processors, max_new_tokens=max_new_tokens, guidance_scale=guidance_scale,
                    do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
@@ -635,5 +741,5 @@ def generate_midi(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, gen
 
 
 # ----- composition: infilling and accompaniment -------------------------------------------------------------
-__all__ = ["MusicGrammarLogitsProcessor", "cpu_threads_for", "GeneratedPiece", "generate_music", "generate_midi",
-           "prompt_ids", "prompt_for_model", "cut_bars", "finish_sequence", "composition_mask"]
+__all__ = ["MusicGrammarLogitsProcessor", "MusicRepeatLogitsProcessor", "REPEAT_BIAS", "cpu_threads_for",
+           "GeneratedPiece", "generate_music", "generate_midi", "prompt_ids", "prompt_for_model", "cut_bars", "finish_sequence", "composition_mask"]
