@@ -278,7 +278,8 @@ def generate(args: GenerateArguments, sampling: Any) -> list[str]:
                 time_signature=args.time_signature, tempo=args.tempo, num_return_sequences=args.num_return_sequences,
                 seed=args.seed, controls=controls, guidance_scale=args.guidance_scale, backend=args.backend,
                 prompt_mapping=not args.no_prompt_mapping, description=args.describe,
-                **({} if args.repeat_bias is None else {"repeat_bias": args.repeat_bias}), **dataclasses.asdict(sampling))
+                **({} if args.repeat_bias is None else {"repeat_bias": args.repeat_bias}),
+                **dataclasses.asdict(sampling))
         for i, piece in enumerate(pieces):
             path = out / f"{(genre or 'any').replace(' ', '_')}_{args.seed}_{i}.mid"
             piece.score.dump_midi(str(path))

@@ -748,8 +748,9 @@ def accompaniment_quality(model: Any, tokenizer: MusicTokenizer, references: Seq
 REPORT_PREAMBLE = """# Benchmarks
 
 Every number below is written by a script: `scripts/bench.py` rewrites the section "Speed",
-`scripts/evaluate.py` the section "Quality" (each leaves the other alone). Do not edit the numbers by hand;
-re-run the command given in each section instead.
+`scripts/evaluate.py` the section "Quality", `scripts/repeats.py` "Repeats" and `scripts/size_sweep.py` "Size
+sweep" (each leaves the others alone). Do not edit the numbers by hand; re-run the command given in each section
+instead.
 """
 
 

@@ -742,4 +742,5 @@ def generate_midi(model: Any, tokenizer: MusicTokenizer, prompt: Any = None, gen
 
 # ----- composition: infilling and accompaniment -------------------------------------------------------------
 __all__ = ["MusicGrammarLogitsProcessor", "MusicRepeatLogitsProcessor", "REPEAT_BIAS", "cpu_threads_for",
-           "GeneratedPiece", "generate_music", "generate_midi", "prompt_ids", "prompt_for_model", "cut_bars", "finish_sequence", "composition_mask"]
+           "GeneratedPiece", "generate_music", "generate_midi", "prompt_ids", "prompt_for_model", "cut_bars",
+           "finish_sequence", "composition_mask"]

@@ -42,7 +42,8 @@ from .evaluation import (ACCOMPANIMENT_PROGRAMS, COPY_THRESHOLD, GUIDANCE_SCALE,
                          _music_body, accompaniment_quality, bar_notes, classification_scores, classify_genres,
                          composition_unsupported, control_adherence, fmt, generate_per_genre, grammar_error_rate,
                          histogram_distance, infill_quality, mean_finite, memorization, music_metrics,
-                         notes_per_bar, pooled_pitch_class_histogram, train_genre_classifier)
+                         markdown_table, notes_per_bar, pooled_pitch_class_histogram, train_genre_classifier)
+from .generation import REPEAT_MIN_NOTES
 from .real_world import DEFAULT_REAL_WORLD_DIR, real_world_quality, real_world_section
 from .reports import Report
 from .tokenization_music import MusicTokenizer
@@ -283,14 +284,15 @@ MAX_REFERENCE_PIECES = 200  # training pieces per genre (a seeded sample) whose 
 
 def music_quality(tokenizer: MusicTokenizer, model_genres: list[str], genres: list[str],
                   generated: dict[str, list[list[int]]], pieces: Any, max_new_tokens: int, seed: int = 0,
-                  max_reference: int = MAX_REFERENCE_PIECES) -> dict[str, Any]:
+                  max_reference: int = MAX_REFERENCE_PIECES, index: BarIndex | None = None) -> dict[str, Any]:
     """The objective music metrics (`music_metrics`) per genre of the generations, of held-out pieces and of
     training pieces, and the memorization of the generations (and, as the floor, of the held-out pieces).
 
     Held-out and training pieces are cut to their first `max_new_tokens` tokens, as long as a generation at most:
     repeated bars, groove consistency and the longest copied span grow with a piece's length. The metrics' training
     column takes at most `max_reference` training pieces per genre (drawn with `seed`); memorization looks for
-    copies in every training piece, whole, of every genre (`BarIndex`).
+    copies in every training piece, whole, of every genre (`BarIndex`; `index`: one built before from the same
+    pieces, `training_bar_index`).
     """
     def opening(ids: list[int]) -> list[int]:
         return _music_body(tokenizer, ids)[:max_new_tokens]
@@ -303,7 +305,7 @@ def music_quality(tokenizer: MusicTokenizer, model_genres: list[str], genres: li
     ids = {split: pieces[split]["input_ids"] if split in pieces else [] for split in ("train", "test")}
     genre_of = {split: np.asarray(pieces[split]["genre_id"] if split in pieces else [], dtype=np.int64)
                 for split in ("train", "test")}
-    index = BarIndex([bar_notes(tokenizer.decode_midi(x)) for x in ids["train"]])
+    index = index or training_bar_index(tokenizer, pieces)
     metrics: dict[str, Any] = {}
     bars: dict[str, dict[str, list]] = {"generated": {}, "held-out": {}}
     for genre in model_genres:
@@ -325,6 +327,93 @@ def music_quality(tokenizer: MusicTokenizer, model_genres: list[str], genres: li
                               "training_pieces": len(ids["train"])},
             "memorization": {**memorized, "threshold": COPY_THRESHOLD, "training_pieces": index.pieces,
                              "distinct_training_bars": len(index.where)}}
+
+
+def training_bar_index(tokenizer: MusicTokenizer, pieces: Any) -> BarIndex:
+    """The bars of every training piece, whole (`music_quality`'s memorization looks for copies in it)."""
+    return BarIndex([bar_notes(tokenizer.decode_midi(x)) for x in (pieces["train"]["input_ids"]
+                                                                   if "train" in pieces else [])])
+
+
+REPEAT_METRICS = ("repeated_bars", "pitch_class_entropy", "groove_consistency", "notes_per_bar")
+
+
+def repeat_completion_quality(model: Any, tokenizer: MusicTokenizer, genres: list[str], pieces: Any,
+                              biases: list[float], per_genre: int, max_new_tokens: int, seed: int = 0,
+                              **sampling: Any) -> dict[str, Any]:
+    """Repeat completion measured side by side: for each `repeat_bias` in `biases` (0: off), `per_genre` unprompted
+    grammar-constrained generations per genre (the same seeds for every bias) and their music metrics
+    (`music_quality`: repeated bars, pitch-class entropy, groove consistency, notes per bar; memorization), with the
+    held-out and training pieces' (cut to `max_new_tokens` tokens) as the reference and the floor."""
+    model_genres = [g for i, g in sorted(model.config.id2genre.items()) if i != 0 and g in genres]
+    index = training_bar_index(tokenizer, pieces)
+    runs: dict[str, Any] = {}
+    reference = None
+    for bias in biases:
+        t0 = time.perf_counter()
+        generated = generate_per_genre(model, tokenizer, model_genres, per_genre, max_new_tokens, constrained=True,
+                                       seed=seed, repeat_bias=bias, **sampling)
+        seconds = time.perf_counter() - t0
+        quality = music_quality(tokenizer, model_genres, genres, generated, pieces, max_new_tokens, seed,
+                                index=index)
+        per = quality["music_metrics"]["per_genre"]
+        if reference is None:
+            reference = {"per_genre": {g: {"n": per[g]["n"], "test": per[g]["test"], "train": per[g]["train"]}
+                                       for g in per},
+                         "memorization": quality["memorization"]["held-out"]["all"]}
+        runs[str(bias)] = {"bias": bias, "generation_seconds": seconds,
+                           "per_genre": {g: {k: per[g]["generated"][k] for k in REPEAT_METRICS} for g in per},
+                           "memorization": quality["memorization"]["generated"]["all"]}
+    return {"genres": model_genres, "biases": list(biases), "runs": runs, "reference": reference,
+            "settings": {"per_genre": per_genre, "max_new_tokens": max_new_tokens, "seed": seed, **sampling}}
+
+
+REPEAT_SUMMARY_MIN_PIECES = 10  # genres with at least this many held-out pieces make the summary rows
+
+
+def repeat_section(results: dict[str, Any], command: str, machine: str, seconds: float) -> str:
+    """BENCHMARKS.md's "Repeats" section from `repeat_completion_quality`'s results."""
+    runs, ref = results["runs"], results["reference"]
+    biases = [str(b) for b in results["biases"]]
+    st = results["settings"]
+    names = dict(MUSIC_METRICS)
+    head = ["genre", "metric", "held-out", "training", *(f"bias {float(b):g}" for b in biases)]
+    rows = []
+    for genre in results["genres"]:
+        r = ref["per_genre"][genre]
+        rows.append([genre, "pieces", r["n"]["test"], r["n"]["train"], *(r["n"]["generated"] for _ in biases)])
+        for key in REPEAT_METRICS:
+            rows.append([genre, names[key], r["test"][key], r["train"][key],
+                         *(runs[b]["per_genre"][genre][key] for b in biases)])
+    summary_genres = [g for g in results["genres"] if ref["per_genre"][g]["n"]["test"] >= REPEAT_SUMMARY_MIN_PIECES]
+    summary = []
+    for key in REPEAT_METRICS:
+        floor = mean_finite([abs(ref["per_genre"][g]["train"][key] - ref["per_genre"][g]["test"][key])
+                             for g in summary_genres])
+        summary.append([names[key], floor, *(mean_finite([abs(runs[b]["per_genre"][g][key]
+                                                             - ref["per_genre"][g]["test"][key])
+                                                         for g in summary_genres]) for b in biases)])
+    memo = [["held-out pieces", ref["memorization"]["copied_share"], ref["memorization"]["max_longest"]]]
+    memo += [[f"bias {float(b):g}", runs[b]["memorization"]["copied_share"], runs[b]["memorization"]["max_longest"]]
+             for b in biases]
+    return "\n\n".join([
+        f"Produced by `{command}` in {seconds / 60:.1f} min. {machine}",
+        f"Repeat completion (`generate_music(repeat_bias=...)`, `MusicRepeatLogitsProcessor`): once a bar has "
+        f"begun as an earlier bar of the piece began, for {REPEAT_MIN_NOTES} notes, the tokens that carry on such a "
+        f"bar get `repeat_bias` more logit (0: off). Side by side in one run: {st['per_genre']} unprompted "
+        f"grammar-constrained generations per genre and bias, at most {st['max_new_tokens']} new tokens, the same "
+        f"seeds for every bias (seed {st['seed']}), sampling "
+        + ", ".join(f"{k} {v}" for k, v in st.items() if k not in ("per_genre", "max_new_tokens", "seed"))
+        + "; the metrics as in Quality's music metrics, the held-out (test) and training pieces cut to their first "
+        f"{st['max_new_tokens']} tokens (training: at most {MAX_REFERENCE_PIECES} pieces per genre).",
+        markdown_table(head, rows),
+        f"Mean distance to the held-out pieces over the genres with at least {REPEAT_SUMMARY_MIN_PIECES} held-out "
+        f"pieces ({', '.join(summary_genres)}); the floor is the training pieces' distance:",
+        markdown_table(["metric", "floor: training vs held-out", *(f"bias {float(b):g}" for b in biases)], summary),
+        f"Memorization (copies of training pieces, whole): share of pieces copying more than {COPY_THRESHOLD} "
+        "consecutive bars, and the longest copy in bars:",
+        markdown_table(["pieces", f"copy > {COPY_THRESHOLD} bars", "longest copy (bars)"], memo),
+    ])
 
 
 # ----- composition with control ----------------------------------------------------------------------------

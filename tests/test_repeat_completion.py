@@ -14,6 +14,7 @@ has reproduced an earlier bar's opening for REPEAT_MIN_NOTES notes, the tokens t
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers import LogitsProcessorList
@@ -189,3 +190,31 @@ def test_the_command_line_passes_repeat_bias(tok, model, tmp_path, monkeypatch, 
     with pytest.raises(SystemExit):
         cli_main([*common, "--repeat_bias", "-2"])
     assert "repeat_bias must be a number >= 0" in capsys.readouterr().err
+
+
+def test_the_repeats_measure_compares_biases_with_held_out_pieces(tok, real_midi_paths):
+    from music_hf.evaluation import bar_notes, generate_per_genre, music_metrics, repeated_bar_share
+    from music_hf.quality import REPEAT_METRICS, repeat_completion_quality, repeat_section
+
+    torch.manual_seed(0)
+    model = MusicForCausalLM(MusicConfig.from_tokenizer(tok, genres=["unknown", "fiddle tune"], **SIZES)).eval()
+    ids = [[tok.bos_token_id, *tok.encode_score(p), tok.eos_token_id] for p in real_midi_paths]
+    pieces = {"train": {"input_ids": ids[:5], "genre_id": [1] * 5},
+              "test": {"input_ids": [ids[REEL], ids[6]], "genre_id": [1, 1]}}
+    out = repeat_completion_quality(model, tok, ["unknown", "fiddle tune"], pieces, [0, 6], per_genre=2,
+                                    max_new_tokens=40, seed=1, temperature=1.0, top_p=0.95, top_k=0)
+    assert out["genres"] == ["fiddle tune"] and set(out["runs"]) == {"0", "6"}
+    ref = out["reference"]["per_genre"]["fiddle tune"]
+    assert ref["n"] == {"generated": 2, "test": 2, "train": 5}
+    # the held-out column: the pieces' openings (their first 40 music tokens), measured as the evaluation measures
+    openings = [tok.decode_midi(x[1:41]) for x in pieces["test"]["input_ids"]]
+    assert ref["test"]["repeated_bars"] == pytest.approx(np.mean([repeated_bar_share(bar_notes(s))
+                                                                  for s in openings]))
+    # bias 0 is plain generation with the same seed
+    plain = generate_per_genre(model, tok, ["fiddle tune"], 2, 40, constrained=True, seed=1, repeat_bias=0,
+                               temperature=1.0, top_p=0.95, top_k=0)["fiddle tune"]
+    want = np.nanmean([music_metrics(tok.decode_midi(tok._music_ids(x)))["notes_per_bar"] for x in plain])
+    assert out["runs"]["0"]["per_genre"]["fiddle tune"]["notes_per_bar"] == pytest.approx(want)
+    assert set(out["runs"]["6"]["per_genre"]["fiddle tune"]) == set(REPEAT_METRICS)
+    text = repeat_section(out, "python scripts/repeats.py", "a machine.", 60.0)
+    assert "| fiddle tune | repeated bars |" in text and "| bias 0 | bias 6 |" in text and "copy > 4 bars" in text
