@@ -43,7 +43,7 @@ from .evaluation import (ACCOMPANIMENT_PROGRAMS, COPY_THRESHOLD, GUIDANCE_SCALE,
                          composition_unsupported, control_adherence, fmt, generate_per_genre, grammar_error_rate,
                          histogram_distance, infill_quality, mean_finite, memorization, music_metrics,
                          markdown_table, notes_per_bar, pooled_pitch_class_histogram, train_genre_classifier)
-from .generation import REPEAT_MIN_NOTES
+from .generation import REPEAT_BIAS, REPEAT_MIN_NOTES
 from .real_world import DEFAULT_REAL_WORLD_DIR, real_world_quality, real_world_section
 from .reports import Report
 from .tokenization_music import MusicTokenizer
@@ -408,7 +408,8 @@ def repeat_section(results: dict[str, Any], command: str, machine: str, seconds:
         f"{st['max_new_tokens']} tokens (training: at most {MAX_REFERENCE_PIECES} pieces per genre).",
         markdown_table(head, rows),
         f"Mean distance to the held-out pieces over the genres with at least {REPEAT_SUMMARY_MIN_PIECES} held-out "
-        f"pieces ({', '.join(summary_genres)}); the floor is the training pieces' distance:",
+        f"pieces ({', '.join(summary_genres)}); the floor is the training pieces' distance. `generate_music`'s "
+        f"default (`REPEAT_BIAS`) is {REPEAT_BIAS:g}:",
         markdown_table(["metric", "floor: training vs held-out", *(f"bias {float(b):g}" for b in biases)], summary),
         f"Memorization (copies of training pieces, whole): share of pieces copying more than {COPY_THRESHOLD} "
         "consecutive bars, and the longest copy in bars:",
