@@ -335,7 +335,8 @@ def training_bar_index(tokenizer: MusicTokenizer, pieces: Any) -> BarIndex:
                                                                    if "train" in pieces else [])])
 
 
-REPEAT_METRICS = ("repeated_bars", "pitch_class_entropy", "groove_consistency", "notes_per_bar")
+REPEAT_METRICS = ("repeated_bars", "pitch_class_entropy", "groove_consistency", "notes_per_bar", "simultaneous_voices",
+                  "dissonance_rate")  # structure and what copying could cost
 
 
 def repeat_completion_quality(model: Any, tokenizer: MusicTokenizer, genres: list[str], pieces: Any,
@@ -343,7 +344,8 @@ def repeat_completion_quality(model: Any, tokenizer: MusicTokenizer, genres: lis
                               **sampling: Any) -> dict[str, Any]:
     """Repeat completion measured side by side: for each `repeat_bias` in `biases` (0: off), `per_genre` unprompted
     grammar-constrained generations per genre (the same seeds for every bias) and their music metrics
-    (`music_quality`: repeated bars, pitch-class entropy, groove consistency, notes per bar; memorization), with the
+    (`music_quality`: repeated bars, pitch-class entropy, groove consistency, notes per bar, simultaneous voices,
+    dissonant intervals; memorization), with the
     held-out and training pieces' (cut to `max_new_tokens` tokens) as the reference and the floor."""
     model_genres = [g for i, g in sorted(model.config.id2genre.items()) if i != 0 and g in genres]
     index = training_bar_index(tokenizer, pieces)

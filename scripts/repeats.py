@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Measure repeat completion (`generate_music(repeat_bias=...)`) side by side for several biases: repeated bars,
-pitch-class entropy, groove consistency and notes per bar of unprompted generations per genre against the held-out
-and training pieces, and memorization; written to BENCHMARKS.md, section "Repeats".
+pitch-class entropy, groove consistency, notes per bar, simultaneous voices and dissonant intervals of unprompted
+generations per genre against the held-out and training pieces, and memorization; written to BENCHMARKS.md,
+section "Repeats".
 
     python scripts/repeats.py --model models/music-hf-base --biases 0 2 4 6 8 --per_genre 16 --threads 2
 
