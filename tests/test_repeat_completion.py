@@ -218,3 +218,18 @@ def test_the_repeats_measure_compares_biases_with_held_out_pieces(tok, real_midi
     assert set(out["runs"]["6"]["per_genre"]["fiddle tune"]) == set(REPEAT_METRICS)
     text = repeat_section(out, "python scripts/repeats.py", "a machine.", 60.0)
     assert "| fiddle tune | repeated bars |" in text and "| bias 0 | bias 6 |" in text and "copy > 4 bars" in text
+
+
+def test_the_pipeline_passes_repeat_bias(tok, model, monkeypatch):
+    from transformers import pipeline
+
+    pipe = pipeline("music-generation", model=model, tokenizer=tok, device="cpu")
+    seen = []
+    real = MusicRepeatLogitsProcessor.__init__
+    monkeypatch.setattr(MusicRepeatLogitsProcessor, "__init__", lambda self, t, bias=2.0, **k: seen.append(bias)
+                        or real(self, t, bias, **k))
+    pipe(max_new_tokens=4, repeat_bias=5.0)
+    pipe(max_new_tokens=4)
+    assert seen == [5.0, generation.REPEAT_BIAS]
+    with pytest.raises(ValueError, match="repeat_bias"):
+        pipe(max_new_tokens=4, repeat_bias=-1)
