@@ -153,9 +153,10 @@ class GenerateArguments:
                                                           'piece: the model\'s choice)')
     guidance_scale: float | None = HfArg(default=None, help="classifier-free guidance toward the controls and the "
                                                             "genre (> 1 pulls harder; none or 1: off)")
-    repeat_bias: float | None = HfArg(default=None, help="repeat completion: logit added to carry on a bar that "
-                                                         "began as an earlier bar began (0: off; none: "
-                                                         "generate_music's default, REPEAT_BIAS)")
+    repeat_bias: float | None = HfArg(default=None, help="repeat completion (new pieces and continuations): logit "
+                                                         "added to carry on a bar that began as an earlier bar "
+                                                         "began (0: off; none: generate_music's default, "
+                                                         "REPEAT_BIAS)")
     describe: str | None = HfArg(default=None, help='the settings in words: "a sparse jig in D minor for flute, '
                                                     '100 bpm" (genre, instruments, time signature, tempo, key, '
                                                     'density, polyphony, range, timing; music_hf.text_prompt); '
@@ -201,6 +202,9 @@ def compose(args: GenerateArguments, sampling: Any, model: Any, tokenizer: Any, 
         raise ValueError("--infill_bars and --accompany_program work on a piece: pass it as --prompt")
     if args.infill_bars is not None and args.accompany_program is not None:
         raise ValueError("choose one of --infill_bars and --accompany_program")
+    if args.repeat_bias is not None:
+        raise ValueError("--repeat_bias is for new pieces and continuations; --infill_bars and --accompany_program "
+                         "do not use repeat completion")
     if args.infill_bars is not None and len(args.infill_bars) != 2:
         raise ValueError(f"--infill_bars takes START END, got {' '.join(map(str, args.infill_bars))}")
     if args.infill_programs and args.infill_bars is None:

@@ -176,7 +176,7 @@ def test_without_bar_lines_or_with_bpe_it_changes_nothing(settings, real_midi_pa
     assert torch.equal(proc(ids, scores), scores)
 
 
-def test_the_command_line_passes_repeat_bias(tok, model, tmp_path, monkeypatch, capsys):
+def test_the_command_line_passes_repeat_bias(tok, model, tmp_path, monkeypatch, capsys, real_midi_paths):
     from music_hf.cli import main as cli_main
 
     model.save_pretrained(tmp_path / "model")
@@ -190,6 +190,9 @@ def test_the_command_line_passes_repeat_bias(tok, model, tmp_path, monkeypatch, 
     with pytest.raises(SystemExit):
         cli_main([*common, "--repeat_bias", "-2"])
     assert "repeat_bias must be a number >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # not silently ignored where it does not apply
+        cli_main([*common, "--repeat_bias", "2", "--prompt", str(real_midi_paths[REEL]), "--infill_bars", "1", "2"])
+    assert "do not use repeat completion" in capsys.readouterr().err
 
 
 def test_the_repeats_measure_compares_biases_with_held_out_pieces(tok, real_midi_paths):
