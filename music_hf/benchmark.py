@@ -410,7 +410,7 @@ def bench_generation(tokenizer: MusicTokenizer, s: Settings, device: torch.devic
     the KV cache's speedup, the real-time factor of `generate_music`, the int8 backend's NLL change and the peak
     memory of generation. The 1-min load average is recorded around each part."""
     from .fast_inference import available_backends, fast_model, sequence_nll
-    from .generation import MusicGrammarLogitsProcessor, generate_music
+    from .generation import MusicGrammarLogitsProcessor, MusicRepeatLogitsProcessor, generate_music
 
     positions = max(s.cache_tokens, s.gen_tokens, s.rtf_tokens) + 64
     models = {}
@@ -429,7 +429,8 @@ def bench_generation(tokenizer: MusicTokenizer, s: Settings, device: torch.devic
         prompt = torch.full((batch, 1), tokenizer.bos_token_id, device=device)
 
         def run() -> None:
-            processors = [MusicGrammarLogitsProcessor(tokenizer)] if constrained else []
+            processors = [MusicRepeatLogitsProcessor(tokenizer), MusicGrammarLogitsProcessor(tokenizer)] \
+                if constrained else []  # what generate_music adds by default
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                         enabled=s.mixed_precision == "bf16"):
                 out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
@@ -661,8 +662,8 @@ def speed_section(report: Report, r: dict[str, Any]) -> None:
     report.text(f"Batch 1, greedy, exactly {gen['new_tokens']} new tokens from a BOS prompt with the KV cache, all "
                 f"in one run: median of {s['gen_reps']} runs each, interleaved, after a warm-up; torch "
                 f"{gen['threads']} threads (ONNX Runtime as many); {_load(b1)}. Eager: transformers' `generate` "
-                "(`model.generate(...)`, its general decoding loop). Constrained: with `MusicGrammarLogitsProcessor` "
-                "(what `generate_music` adds). Backends: `generate_music(..., backend=...)` decodes in "
+                "(`model.generate(...)`, its general decoding loop). Constrained: with `MusicGrammarLogitsProcessor` and "
+                "repeat completion (`MusicRepeatLogitsProcessor`), what `generate_music` adds by default. Backends: `generate_music(..., backend=...)` decodes in "
                 "`music_hf.fast_inference`'s lean loop (transformers' greedy/sampling loop reduced to its steps: the "
                 "same processors, token choice and stopping criteria, without the per-step input preparation and "
                 "output objects); `torch`, the default: the PyTorch model's own decoding step; `onnx`: the decoding "
@@ -680,8 +681,8 @@ def speed_section(report: Report, r: dict[str, Any]) -> None:
                    b1[k]["vs_lean_constrained"],
                    {True: "yes", False: "no"}.get(b1[k].get("same_tokens_as_eager"), "-")] for k, label in labels])
     best = max(b1[f"{b}_constrained"]["tokens_per_s"] for b in ["torch", *fast])
-    report.text(f"The grammar constraint costs {b1['constrained_overhead']:.1%} of the eager unconstrained time "
-                f"({b1['lean_constrained_overhead']:.1%} in the lean loop, whose tokens are shorter). Issue #13's "
+    report.text(f"The constraint (grammar and repeat completion) costs {b1['constrained_overhead']:.1%} of the eager "
+                f"unconstrained time ({b1['lean_constrained_overhead']:.1%} in the lean loop, whose tokens are shorter). Issue #13's "
                 f"targets: constrained decoding as users run it (`generate_music`, backend torch) >= 1.3 x GPT-2 "
                 f"(measured {b1['torch_constrained']['vs_gpt2']:.2f} x; through transformers' `generate` "
                 f"{b1['music_constrained']['vs_gpt2']:.2f} x), the constraint <= 10 % (measured "
