@@ -282,57 +282,75 @@ def generation_quality(model: Any, tokenizer: MusicTokenizer, genres: list[str],
 MAX_REFERENCE_PIECES = 200  # training pieces per genre (a seeded sample) whose metrics make the floor
 
 
+def _music_means(scores: list[Any]) -> dict[str, float]:
+    rows = [music_metrics(s) for s in scores]
+    return {key: mean_finite([r[key] for r in rows]) for key, _ in MUSIC_METRICS}
+
+
+def music_reference(tokenizer: MusicTokenizer, model_genres: list[str], genres: list[str], pieces: Any,
+                    max_new_tokens: int, seed: int = 0, max_reference: int = MAX_REFERENCE_PIECES) -> dict[str, Any]:
+    """What `music_quality` compares generations with, computed once for any number of them: per genre the music
+    metrics of the held-out pieces and of at most `max_reference` training pieces (drawn with `seed`), each cut to
+    its first `max_new_tokens` tokens, the held-out pieces' bars, and the bars of every training piece, whole
+    (`BarIndex`, where memorization looks for copies)."""
+    def opening(ids: list[int]) -> list[int]:
+        return _music_body(tokenizer, ids)[:max_new_tokens]
+
+    rng = np.random.default_rng(seed)
+    ids = {split: pieces[split]["input_ids"] if split in pieces else [] for split in ("train", "test")}
+    genre_of = {split: np.asarray(pieces[split]["genre_id"] if split in pieces else [], dtype=np.int64)
+                for split in ("train", "test")}
+    per_genre: dict[str, Any] = {}
+    held_out_bars: dict[str, list] = {}
+    for genre in model_genres:
+        gid = genres.index(genre)
+        train_rows = np.flatnonzero(genre_of["train"] == gid)
+        if len(train_rows) > max_reference:
+            train_rows = np.sort(rng.choice(train_rows, max_reference, replace=False))
+        sets = {"test": [tokenizer.decode_midi(opening(ids["test"][int(r)]))
+                         for r in np.flatnonzero(genre_of["test"] == gid)],
+                "train": [tokenizer.decode_midi(opening(ids["train"][int(r)])) for r in train_rows]}
+        per_genre[genre] = {"n": {k: len(v) for k, v in sets.items()},
+                            **{k: _music_means(v) for k, v in sets.items()}}
+        held_out_bars[genre] = [bar_notes(s) for s in sets["test"]]
+    return {"per_genre": per_genre, "held_out_bars": held_out_bars, "max_new_tokens": max_new_tokens,
+            "max_reference": max_reference, "training_pieces": len(ids["train"]),
+            "index": BarIndex([bar_notes(tokenizer.decode_midi(x)) for x in ids["train"]])}
+
+
 def music_quality(tokenizer: MusicTokenizer, model_genres: list[str], genres: list[str],
                   generated: dict[str, list[list[int]]], pieces: Any, max_new_tokens: int, seed: int = 0,
-                  max_reference: int = MAX_REFERENCE_PIECES, index: BarIndex | None = None) -> dict[str, Any]:
+                  max_reference: int = MAX_REFERENCE_PIECES, reference: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
     """The objective music metrics (`music_metrics`) per genre of the generations, of held-out pieces and of
     training pieces, and the memorization of the generations (and, as the floor, of the held-out pieces).
 
     Held-out and training pieces are cut to their first `max_new_tokens` tokens, as long as a generation at most:
     repeated bars, groove consistency and the longest copied span grow with a piece's length. The metrics' training
     column takes at most `max_reference` training pieces per genre (drawn with `seed`); memorization looks for
-    copies in every training piece, whole, of every genre (`BarIndex`; `index`: one built before from the same
-    pieces, `training_bar_index`).
+    copies in every training piece, whole, of every genre (`BarIndex`). `reference`: `music_reference`'s result for
+    the same pieces and settings, computed once where several sets of generations are compared.
     """
-    def opening(ids: list[int]) -> list[int]:
-        return _music_body(tokenizer, ids)[:max_new_tokens]
-
-    def means(scores: list[Any]) -> dict[str, float]:
-        rows = [music_metrics(s) for s in scores]
-        return {key: mean_finite([r[key] for r in rows]) for key, _ in MUSIC_METRICS}
-
-    rng = np.random.default_rng(seed)
-    ids = {split: pieces[split]["input_ids"] if split in pieces else [] for split in ("train", "test")}
-    genre_of = {split: np.asarray(pieces[split]["genre_id"] if split in pieces else [], dtype=np.int64)
-                for split in ("train", "test")}
-    index = index or training_bar_index(tokenizer, pieces)
+    reference = reference or music_reference(tokenizer, model_genres, genres, pieces, max_new_tokens, seed,
+                                             max_reference)
+    index = reference["index"]
     metrics: dict[str, Any] = {}
     bars: dict[str, dict[str, list]] = {"generated": {}, "held-out": {}}
     for genre in model_genres:
-        gid = genres.index(genre)
-        train_rows = np.flatnonzero(genre_of["train"] == gid)
-        if len(train_rows) > max_reference:
-            train_rows = np.sort(rng.choice(train_rows, max_reference, replace=False))
-        sets = {"generated": [tokenizer.decode_midi(s) for s in generated[genre]],
-                "test": [tokenizer.decode_midi(opening(ids["test"][int(r)]))
-                         for r in np.flatnonzero(genre_of["test"] == gid)],
-                "train": [tokenizer.decode_midi(opening(ids["train"][int(r)])) for r in train_rows]}
-        metrics[genre] = {"n": {k: len(v) for k, v in sets.items()}, **{k: means(v) for k, v in sets.items()}}
-        bars["generated"][genre] = [bar_notes(s) for s in sets["generated"]]
-        bars["held-out"][genre] = [bar_notes(s) for s in sets["test"]]
+        scores = [tokenizer.decode_midi(s) for s in generated[genre]]
+        ref = reference["per_genre"][genre]
+        metrics[genre] = {"n": {"generated": len(scores), **ref["n"]}, "generated": _music_means(scores),
+                          "test": ref["test"], "train": ref["train"]}
+        bars["generated"][genre] = [bar_notes(s) for s in scores]
+        bars["held-out"][genre] = reference["held_out_bars"][genre]
     memorized = {kind: {"per_genre": {g: memorization(b, index) for g, b in by_genre.items()},
                         "all": memorization([x for b in by_genre.values() for x in b], index)}
                  for kind, by_genre in bars.items()}
-    return {"music_metrics": {"per_genre": metrics, "max_new_tokens": max_new_tokens, "max_reference": max_reference,
-                              "training_pieces": len(ids["train"])},
+    return {"music_metrics": {"per_genre": metrics, "max_new_tokens": max_new_tokens,
+                              "max_reference": reference["max_reference"],
+                              "training_pieces": reference["training_pieces"]},
             "memorization": {**memorized, "threshold": COPY_THRESHOLD, "training_pieces": index.pieces,
                              "distinct_training_bars": len(index.where)}}
-
-
-def training_bar_index(tokenizer: MusicTokenizer, pieces: Any) -> BarIndex:
-    """The bars of every training piece, whole (`music_quality`'s memorization looks for copies in it)."""
-    return BarIndex([bar_notes(tokenizer.decode_midi(x)) for x in (pieces["train"]["input_ids"]
-                                                                   if "train" in pieces else [])])
 
 
 REPEAT_METRICS = ("repeated_bars", "pitch_class_entropy", "groove_consistency", "notes_per_bar", "simultaneous_voices",
@@ -348,7 +366,7 @@ def repeat_completion_quality(model: Any, tokenizer: MusicTokenizer, genres: lis
     dissonant intervals; memorization), with the
     held-out and training pieces' (cut to `max_new_tokens` tokens) as the reference and the floor."""
     model_genres = [g for i, g in sorted(model.config.id2genre.items()) if i != 0 and g in genres]
-    index = training_bar_index(tokenizer, pieces)
+    shared = music_reference(tokenizer, model_genres, genres, pieces, max_new_tokens, seed)
     runs: dict[str, Any] = {}
     reference = None
     for bias in biases:
@@ -357,7 +375,7 @@ def repeat_completion_quality(model: Any, tokenizer: MusicTokenizer, genres: lis
                                        seed=seed, repeat_bias=bias, **sampling)
         seconds = time.perf_counter() - t0
         quality = music_quality(tokenizer, model_genres, genres, generated, pieces, max_new_tokens, seed,
-                                index=index)
+                                reference=shared)
         per = quality["music_metrics"]["per_genre"]
         if reference is None:
             reference = {"per_genre": {g: {"n": per[g]["n"], "test": per[g]["test"], "train": per[g]["train"]}
